@@ -10,6 +10,11 @@ Weights are stored (C, OC), so a layer is plain `inp @ weight + bias`.
 """
 import numpy as np
 
+# Memory: where the model's arrays live. Host memory here; the CUDA backend moves them to the GPU.
+empty = np.empty  # empty(shape, dtype) -> a new uninitialised array
+to_device = np.ascontiguousarray  # to_device(array) -> the backend's copy (here: C-contiguous, no copy if already)
+to_host = np.asarray  # to_host(array) -> a NumPy array
+
 
 def gather_batch(inp, targets, images, labels, indices, scale):
     """Gather one mini-batch and scale it to floats.

@@ -1,0 +1,142 @@
+"""The MLP: the seed preset against the original program's formulas, save/load, resume, clear errors."""
+import numpy as np
+import pytest
+
+from fastnn.fileio import FastnnError
+from fastnn.model import MLP
+from fastnn.train import PRESETS
+
+SEED_PARAMS = {k: v for k, v in PRESETS["seed"].items() if k != "hidden"}
+
+
+def original_program_steps(X, y, W1, b1, W2, b2, lr, batch):
+    """A straightforward transcription of the original program's math (784-128-10, plain SGD)."""
+    W1, b1, W2, b2 = W1.copy(), b1.copy(), W2.copy(), b2.copy()
+    for start in range(0, len(X), batch):
+        x = X[start:start + batch] / 255.0
+        Y = np.eye(10)[y[start:start + batch]]
+        m = x.shape[0]
+        Z1 = x @ W1 + b1
+        A1 = np.maximum(0, Z1)
+        Z2 = A1 @ W2 + b2
+        exp = np.exp(Z2 - Z2.max(axis=1, keepdims=True))
+        A2 = exp / exp.sum(axis=1, keepdims=True)
+        dZ2 = (A2 - Y) / m
+        dW2, db2 = A1.T @ dZ2, dZ2.sum(axis=0, keepdims=True)
+        dZ1 = (dZ2 @ W2.T) * (Z1 > 0)
+        dW1, db1 = x.T @ dZ1, dZ1.sum(axis=0, keepdims=True)
+        W1, b1, W2, b2 = W1 - lr * dW1, b1 - lr * db1, W2 - lr * dW2, b2 - lr * db2
+    return W1, b1, W2, b2
+
+
+def original_init(tmp_path):
+    """He init as the original program did it, saved in its layout ((1, n) biases)."""
+    rng = np.random.RandomState(42)
+    W1 = rng.randn(784, 128) * np.sqrt(2 / 784)
+    W2 = rng.randn(128, 10) * np.sqrt(2 / 128)
+    b1, b2 = np.zeros((1, 128)), np.zeros((1, 10))
+    np.savez(tmp_path / "init.npz", W1=W1, b1=b1, W2=W2, b2=b2)
+    return W1, b1, W2, b2
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-10), ("float32", 2e-4)])
+def test_seed_preset_matches_the_original_formulas(mnist, tmp_path, dtype, rtol):
+    X, y = mnist.train_images[:64 * 5 + 32], mnist.train_labels[:64 * 5 + 32]  # 5 batches and a partial one
+    W1, b1, W2, b2 = original_init(tmp_path)
+    params = {**SEED_PARAMS, "epochs": 1, "shuffle": False, "dtype": dtype}
+    model = MLP.load(tmp_path / "init.npz", **params).fit(X, y, warm_start=True)
+    expected = original_program_steps(X, y, W1, b1, W2, b2, params["lr"], params["batch_size"])
+    got = (model.coefs_[0], model.intercepts_[0], model.coefs_[1], model.intercepts_[1])
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e.reshape(g.shape), rtol=rtol, atol=rtol * 1e-2)
+
+
+def test_save_load_round_trip_gives_identical_predictions(mnist, tmp_path):
+    X, y = mnist.train_images[:500], mnist.train_labels[:500]
+    model = MLP(hidden=(32, 16), epochs=1, momentum=0.9).fit(X, y)
+    model.save(tmp_path / "weights.npz")
+    loaded = MLP.load(tmp_path / "weights.npz")
+    with np.load(tmp_path / "weights.npz", allow_pickle=False) as npz:
+        assert sorted(npz.files) == ["W1", "W2", "W3", "b1", "b2", "b3"]
+        assert npz["W1"].shape == (784, 32) and npz["b1"].shape == (32,) and npz["W3"].shape == (16, 10)
+    assert loaded.hidden == (32, 16)
+    np.testing.assert_array_equal(loaded.predict(mnist.test_images), model.predict(mnist.test_images))
+    np.testing.assert_array_equal(loaded.predict_proba(mnist.test_images[:50]),
+                                  model.predict_proba(mnist.test_images[:50]))
+    assert [p.name for p in tmp_path.iterdir()] == ["weights.npz"]  # no temp file left behind
+
+
+def test_resume_continues_exactly_where_training_stopped(mnist, tmp_path):
+    X, y = mnist.train_images[:640], mnist.train_labels[:640]
+    params = dict(hidden=(16,), lr=0.05, shuffle=False, dtype="float64")
+    straight = MLP(epochs=2, **params).fit(X, y)
+    MLP(epochs=1, **params).fit(X, y).save(tmp_path / "w.npz")
+    resumed = MLP.load(tmp_path / "w.npz", epochs=1, **{k: v for k, v in params.items() if k != "hidden"})
+    resumed.fit(X, y, warm_start=True)
+    for a, b in zip(straight.coefs_ + straight.intercepts_, resumed.coefs_ + resumed.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_fit_records_history_and_learns(mnist):
+    X, y = mnist.train_images[:2000], mnist.train_labels[:2000]
+    model = MLP(hidden=(64,), epochs=3, lr=0.1, validation_fraction=0.1).fit(
+        X, y, mnist.test_images[:1000], mnist.test_labels[:1000])
+    assert [h["epoch"] for h in model.history_] == [1, 2, 3] and model.n_iter_ == 3
+    assert model.loss_curve_ == [h["loss"] for h in model.history_]
+    assert model.loss_curve_[2] < model.loss_curve_[0]
+    assert model.history_[-1]["test_accuracy"] > 0.8 and model.history_[-1]["val_accuracy"] > 0.8
+    probs = model.predict_proba(mnist.test_images[:10])
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+    assert model.score(mnist.test_images[:1000], mnist.test_labels[:1000]) == model.history_[-1]["test_accuracy"]
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"backend": "tpu"}, "The 'backend' parameter of MLP must be one of ['cuda', 'numba', 'numpy']. Got 'tpu'"),
+    ({"hidden": (0,)}, "The 'hidden' parameter of MLP must be a tuple of positive ints"),
+    ({"lr": -1.0}, "The 'lr' parameter of MLP must be a float > 0. Got -1.0"),
+    ({"momentum": 1.5}, "The 'momentum' parameter of MLP must be a float in [0, 1)"),
+    ({"dtype": "float16"}, "The 'dtype' parameter of MLP must be one of ['float32', 'float64']"),
+    ({"batch_size": 0}, "The 'batch_size' parameter of MLP must be an int >= 1"),
+])
+def test_parameter_errors_follow_one_template(params, message):
+    with pytest.raises(FastnnError) as e:
+        MLP(**params).fit(np.zeros((4, 3), np.uint8), np.array([0, 1, 0, 1]))
+    assert str(e.value).startswith(message)
+
+
+def test_bad_data_is_rejected_clearly():
+    with pytest.raises(FastnnError, match="NaN or infinite"):
+        MLP().fit(np.array([[0.0, np.nan]]), np.array([0]))
+    with pytest.raises(FastnnError, match="1-D array of 2 integer class labels"):
+        MLP().fit(np.zeros((2, 3)), np.array([0.5, 1.0]))
+    with pytest.raises(FastnnError, match="not fitted"):
+        MLP().predict(np.zeros((1, 3)))
+
+
+def test_diverging_learning_rate_stops_with_a_clear_message(mnist, tmp_path):
+    X = mnist.train_images[:256].astype(np.float32) * 1e3  # huge inputs and lr: the loss overflows
+    with pytest.raises(FastnnError, match="training diverged at epoch 1.*lower the learning rate"):
+        MLP(hidden=(16,), lr=0.9, epochs=2).fit(X, mnist.train_labels[:256])
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"W1": np.zeros((3, 2))}, "expected arrays"),
+    ({"W1": np.zeros((3, 2)), "b1": np.zeros(5)}, "must be float arrays"),
+    ({"W1": np.zeros((3, 2)), "b1": np.zeros(2), "W2": np.zeros((4, 2)), "b2": np.zeros(2)}, "W2 has 4 inputs"),
+    ({"W1": np.full((3, 2), np.nan), "b1": np.zeros(2)}, "NaN or inf"),
+])
+def test_bad_weights_files_are_rejected_clearly(tmp_path, arrays, message):
+    np.savez(tmp_path / "w.npz", **arrays)
+    with pytest.raises(FastnnError, match=message):
+        MLP.load(tmp_path / "w.npz")
+
+
+def test_non_npz_and_missing_weights_files(tmp_path):
+    (tmp_path / "w.npz").write_text("not a zip")
+    with pytest.raises(FastnnError, match="not a readable weights .npz"):
+        MLP.load(tmp_path / "w.npz")
+    with pytest.raises(FastnnError, match="no such weights file"):
+        MLP.load(tmp_path / "missing.npz")
+    np.savez(tmp_path / "obj.npz", W1=np.array([object()]), b1=np.zeros(1))
+    with pytest.raises(FastnnError, match="not a readable weights"):  # pickled arrays are refused
+        MLP.load(tmp_path / "obj.npz")
