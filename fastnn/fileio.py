@@ -10,6 +10,10 @@ import tempfile
 from pathlib import Path
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # reading the umask means setting it: put it straight back
+
+
 class FastnnError(Exception):
     """A problem the user can fix: the CLI prints its message as one line, without a traceback."""
 
@@ -25,6 +29,7 @@ def atomic_write(path, mode="wb"):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private (0600); give the usual permissions
         os.replace(tmp, path)  # atomic on POSIX and Windows when both are on one filesystem
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

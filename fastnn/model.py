@@ -18,6 +18,9 @@ from fastnn.fileio import FastnnError, atomic_write
 
 DTYPES = ("float32", "float64")
 SCHEDULES = ("constant", "cosine")
+# A mean cross-entropy this large means the right class gets probability e^-1000: no sane run gets
+# there (an untrained network sits at ln(10) = 2.3), so it is divergence, not a bad batch.
+DIVERGED_LOSS = 1e3
 EVAL_BATCH = 2000  # rows per inference chunk: bounds memory, big enough to keep the kernels busy
 
 
@@ -208,7 +211,7 @@ class MLP:
                     tuple(a[:b] for a in acts), (dacts[0],) + tuple(d[:b] for d in dacts[1:]),
                     dlogits[:b], targets[:b], images, labels, shuffled[start:start + b], scale,
                     lr, self.momentum, self.weight_decay)
-                if not math.isfinite(loss):
+                if not loss < DIVERGED_LOSS:  # also catches NaN
                     raise FastnnError(f"training diverged at epoch {epoch}, step {step + 1} (loss {loss}): "
                                       f"lower the learning rate (--lr {self.lr:g} is too high) or check the data")
                 loss_sum += loss

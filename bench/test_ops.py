@@ -1,0 +1,111 @@
+"""Every op of the MLP per backend on MNIST-sized batches, plus this machine's GEMM ceiling.
+
+    uv run pytest --benchmark-only bench/test_ops.py
+    uv run pytest --benchmark-only bench/test_ops.py -k "linear_relu_forward and 64"
+
+Groups are "<op> B=.. H=..", so numpy and numba of the same op and shape sit side by side. FLOPs in
+extra_info are dense counts (2 * B * C * OC for a matmul), whatever a sparse kernel skips.
+B = batch size, C = 784 pixels, H = hidden units, K = 10 classes.
+"""
+import functools
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from bench.workload import C, DEFAULT_HYPER, K, SCALE, backend_op, describe, layer_inputs
+
+BATCHES = (64, 128, 256)
+HIDDEN = (128, 512)
+SOFTMAX_FLOPS = 5  # per logit: max, subtract, exp, sum, divide
+SGD_FLOPS = 6  # per parameter: decay (2), momentum (2), step (2)
+GEMM_N = 2048  # the ceiling's square float32 matmul: big enough for OpenBLAS's best
+
+
+@pytest.fixture(scope="session")
+def inputs(mnist):
+    """inputs(B, H) -> LayerInputs of one real batch, built once per shape."""
+    return functools.cache(lambda B, H: layer_inputs(*mnist, B, H))
+
+
+def time_op(benchmark, ops, fn, outputs, inputs, *scalars):
+    """Move inputs to the backend, warm up (Numba compiles on the first call) outside the timer, time."""
+    args = (*outputs, *(ops.to_device(a) for a in inputs), *scalars)
+    fn(*args)
+    benchmark(fn, *args)
+
+
+@pytest.mark.parametrize("H", HIDDEN)
+@pytest.mark.parametrize("B", BATCHES)
+def test_linear_relu_forward(benchmark, ops, inputs, B, H):
+    """The first layer: hidden (B, H) = relu(x (B, C) @ w1 (C, H) + b1), x a real (sparse) batch."""
+    fn, data = backend_op(ops, "linear_relu_forward"), inputs(B, H)
+    describe(benchmark, "linear_relu_forward", f"B={B} H={H}", 2 * B * C * H, B=B, H=H)
+    time_op(benchmark, ops, fn, [ops.empty((B, H), np.float32)], [data.x, data.w1, data.b1])
+
+
+@pytest.mark.parametrize("H", HIDDEN)
+@pytest.mark.parametrize("B", BATCHES)
+def test_linear_forward(benchmark, ops, inputs, B, H):
+    """The second layer: logits (B, K) = hidden (B, H) @ w2 (H, K) + b2."""
+    fn, data = backend_op(ops, "linear_forward"), inputs(B, H)
+    describe(benchmark, "linear_forward", f"B={B} H={H}", 2 * B * H * K, B=B, H=H)
+    time_op(benchmark, ops, fn, [ops.empty((B, K), np.float32)], [data.hidden, data.w2, data.b2])
+
+
+@pytest.mark.parametrize("H", HIDDEN)
+@pytest.mark.parametrize("B", BATCHES)
+def test_linear_backward(benchmark, ops, inputs, B, H):
+    """The first layer's gradients: dw1 (C, H) = x.T @ dhidden (B, H), db1 (H,) = sum over B."""
+    fn, data = backend_op(ops, "linear_backward"), inputs(B, H)
+    describe(benchmark, "linear_backward", f"B={B} H={H}", 2 * B * C * H + B * H, B=B, H=H)
+    outputs = [ops.empty((C, H), np.float32), ops.empty(H, np.float32)]
+    time_op(benchmark, ops, fn, outputs, [data.dhidden, data.x])
+
+
+@pytest.mark.parametrize("H", HIDDEN)
+@pytest.mark.parametrize("B", BATCHES)
+def test_linear_backward_input(benchmark, ops, inputs, B, H):
+    """The gradient into the hidden layer: dhidden (B, H) = (dlogits (B, K) @ w2.T) * (hidden > 0)."""
+    fn, data = backend_op(ops, "linear_backward_input"), inputs(B, H)
+    describe(benchmark, "linear_backward_input", f"B={B} H={H}", 2 * B * K * H, B=B, H=H)
+    time_op(benchmark, ops, fn, [ops.empty((B, H), np.float32)], [data.dlogits, data.w2, data.hidden])
+
+
+@pytest.mark.parametrize("B", BATCHES)
+def test_softmax_cross_entropy(benchmark, ops, inputs, B):
+    """Loss and dlogits (B, K) of the logits a real batch produces."""
+    fn, data = backend_op(ops, "softmax_cross_entropy"), inputs(B, HIDDEN[0])
+    describe(benchmark, "softmax_cross_entropy", f"B={B}", SOFTMAX_FLOPS * B * K, B=B)
+    time_op(benchmark, ops, fn, [ops.empty((B, K), np.float32)], [data.logits, data.targets])
+
+
+@pytest.mark.parametrize("H", HIDDEN)
+def test_sgd_update(benchmark, ops, inputs, H):
+    """One SGD step with momentum and weight decay on w1 (C, H), in place."""
+    fn, data = backend_op(ops, "sgd_update"), inputs(BATCHES[0], H)
+    describe(benchmark, "sgd_update", f"W1 H={H}", SGD_FLOPS * C * H, H=H)
+    param, velocity = ops.to_device(data.w1.copy()), ops.to_device(np.zeros_like(data.w1))
+    grad = np.full_like(data.w1, 1e-3)  # constant: param settles where decay balances it, no overflow
+    time_op(benchmark, ops, fn, [param], [grad, velocity], *DEFAULT_HYPER)
+
+
+@pytest.mark.parametrize("B", BATCHES)
+def test_gather_batch(benchmark, ops, mnist, inputs, B):
+    """x (B, C) float32 = images[indices] (uint8) * 1/255, and the batch's targets (B,)."""
+    fn, data = backend_op(ops, "gather_batch"), inputs(B, HIDDEN[0])
+    describe(benchmark, "gather_batch", f"B={B}", B * C, B=B)
+    outputs = [ops.empty((B, C), np.float32), ops.empty(B, np.int64)]
+    time_op(benchmark, ops, fn, outputs, [*mnist, data.indices], SCALE)
+
+
+@pytest.mark.parametrize("threads", ["all", 1])
+def test_gemm_ceiling(benchmark, threads):
+    """This machine's float32 GEMM ceiling: NumPy/OpenBLAS on 2048^3, with all of BLAS's threads and one."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((GEMM_N, GEMM_N), dtype=np.float32) for _ in range(2))
+    out = np.empty_like(a)
+    benchmark.extra_info["backend"] = "numpy"
+    describe(benchmark, "gemm", f"{GEMM_N}^3", 2 * GEMM_N**3, threads=threads)
+    with threadpool_limits(limits=None if threads == "all" else threads, user_api="blas"):
+        benchmark.pedantic(np.matmul, args=(a, b), kwargs={"out": out}, rounds=5, warmup_rounds=1)

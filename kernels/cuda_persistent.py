@@ -1,0 +1,124 @@
+"""Version 2 of the CUDA train step: one persistent cooperative kernel runs whole SGD steps.
+
+Each phase of a step (gather, forward per layer, loss, backward per layer, SGD) is spread over all
+blocks of the grid, and a grid-wide barrier (cooperative groups, `cuda.cg.this_grid().sync()`)
+separates a phase from the next one that reads its results: 2L + 2 barriers per step instead of
+2L + 3 launches. `train_steps` runs S steps in a single launch (an epoch's full batches), so the
+launch cost is paid once per epoch. The grid is as large as can be co-resident (a cooperative
+launch must be), capped at the largest phase's tile count.
+
+Hazards, phase by phase: every phase writes outputs no other block of the same phase writes or reads
+(distinct tiles, distinct elements); a phase reading another's output comes after a barrier. The
+one phase without a barrier after it is SGD: the next step's gather writes acts[0] and targets,
+which SGD does not touch, and its first reader of the parameters (forward) follows the barrier
+after that gather.
+
+The CUDA simulator runs cooperative grids of one block only, so the tests exercise every phase
+with one block looping over all tiles; the cross-block barriers need a real GPU.
+"""
+import functools
+
+import numpy as np
+from numba import config, cuda, float64, int32
+from numba.np.numpy_support import from_dtype
+
+from kernels.cuda_device import (THREADS, TILE, gather_rows, linear_backward_tiles, linear_forward_tiles,
+                                 n_tiles, sgd_layers, softmax_xent_rows)
+from kernels.cuda_metrics import metrics, step_log
+
+
+@functools.cache
+def _kernel(dtype):
+    """The persistent kernel for one float dtype (shared arrays need their dtype at compile time)."""
+    shared_dtype = from_dtype(dtype)
+
+    @cuda.jit
+    def train_steps_kernel(weights, biases, dweights, dbiases, velocities_w, velocities_b, acts, dacts,
+                           dlogits, targets, images, labels, indices, scale, lrs, lr, momentum,
+                           weight_decay, log, log_first):
+        # indices (S * B,): step s gathers rows indices[s * B:(s + 1) * B]; lrs (S,) or empty: use lr
+        sa = cuda.shared.array((TILE, TILE + 1), shared_dtype)  # one declaration a line: the simulator
+        sb = cuda.shared.array((TILE, TILE + 1), shared_dtype)  # tells shared arrays apart by line
+        loss_parts = cuda.shared.array(THREADS, float64)
+        correct_parts = cuda.shared.array(THREADS, int32)
+        grid = cuda.cg.this_grid()
+        block, blocks = cuda.blockIdx.x, cuda.gridDim.x
+        thread = block * THREADS + cuda.threadIdx.y * TILE + cuda.threadIdx.x
+        threads = blocks * THREADS
+        L, B = len(weights), dlogits.shape[0]
+        for s in range(indices.size // B):
+            gather_rows(acts[0], targets, images, labels, indices[s * B:(s + 1) * B], scale, thread, threads)
+            grid.sync()
+            for l in range(L):  # hidden layers with ReLU, the last one plain: logits
+                linear_forward_tiles(acts[l + 1], acts[l], weights[l], biases[l], l < L - 1, block, blocks, sa, sb)
+                grid.sync()
+            if block == 0:  # B rows of K = 10 logits: one block is plenty
+                softmax_xent_rows(dlogits, acts[L], targets, log, (log_first + s) % log.shape[0],
+                                  loss_parts, correct_parts)
+            grid.sync()
+            dout = dlogits
+            for l in range(L - 1, -1, -1):
+                linear_backward_tiles(dweights[l], dbiases[l], dacts[l], dout, acts[l], weights[l],
+                                      block, blocks, sa, sb)
+                grid.sync()
+                dout = dacts[l]
+            rate = lrs[s] if lrs.size > 0 else lr
+            sgd_layers(weights, biases, dweights, dbiases, velocities_w, velocities_b, rate, momentum,
+                       weight_decay, thread, threads)
+
+    return train_steps_kernel
+
+
+@functools.cache
+def _no_rates(dtype):
+    return cuda.device_array(0, dtype)
+
+
+_grid_blocks = {}  # (dtype, L, images dtype) -> co-resident blocks of the compiled kernel
+
+
+def _launch(kernel, args, work_tiles):
+    """Launch the cooperative kernel on as many blocks as fit on the GPU at once, at most work_tiles."""
+    weights, images = args[0], args[10]
+    key = (weights[0].dtype, len(weights), images.dtype)
+    if key not in _grid_blocks:
+        if config.ENABLE_CUDASIM:
+            _grid_blocks[key] = 1  # the simulator has no barrier across blocks
+        else:
+            signature = tuple(kernel.typeof_pyval(a) for a in args)
+            _grid_blocks[key] = kernel.compile(signature).max_cooperative_grid_blocks((TILE, TILE))
+    kernel[max(1, min(_grid_blocks[key], work_tiles)), (TILE, TILE)](*args)
+
+
+def train_steps(weights, biases, dweights, dbiases, velocities_w, velocities_b, acts, dacts, dlogits, targets,
+                images, labels, indices, scale, lrs, momentum, weight_decay):
+    """S = len(indices) // B steps of train_step in one launch (B = len(targets)).
+
+    As fastnn.ops.train_step, except: indices (S * B,) on the device, step s using indices[s*B:(s+1)*B];
+    lrs (S,) device array of per-step learning rates. Returns [(loss, n_correct)] per step, DeviceScalars.
+    """
+    S = indices.shape[0] // targets.shape[0]
+    return _run(weights, biases, dweights, dbiases, velocities_w, velocities_b, acts, dacts, dlogits, targets,
+                images, labels, indices[:S * targets.shape[0]], scale, lrs, 0.0, momentum, weight_decay, S)
+
+
+def train_step(weights, biases, dweights, dbiases, velocities_w, velocities_b, acts, dacts, dlogits, targets,
+               images, labels, indices, scale, lr, momentum, weight_decay):
+    """fastnn.ops.train_step in one launch; returns (loss, n_correct) as DeviceScalars."""
+    dtype = weights[0].dtype
+    return _run(weights, biases, dweights, dbiases, velocities_w, velocities_b, acts, dacts, dlogits, targets,
+                images, labels, indices, scale, _no_rates(dtype), lr, momentum, weight_decay, 1)[0]
+
+
+def _run(weights, biases, dweights, dbiases, velocities_w, velocities_b, acts, dacts, dlogits, targets,
+         images, labels, indices, scale, lrs, lr, momentum, weight_decay, S):
+    log = step_log()
+    first = log.claim(S)
+    real = weights[0].dtype.type  # scalars in the parameters' dtype: float32 math stays float32
+    args = (tuple(weights), tuple(biases), tuple(dweights), tuple(dbiases), tuple(velocities_w),
+            tuple(velocities_b), tuple(acts), tuple(dacts), dlogits, targets, images, labels, indices,
+            np.float64(scale), lrs, real(lr), real(momentum), real(weight_decay), log.device, first % len(log))
+    work_tiles = max(max(n_tiles(a.shape) for a in acts[1:]),
+                     max(n_tiles(w.shape) + n_tiles(d.shape) for w, d in zip(weights, dacts)))
+    _launch(_kernel(weights[0].dtype), args, work_tiles)
+    return metrics(first, S)
