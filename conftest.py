@@ -1,10 +1,11 @@
 """Keep the two suites apart: `pytest` runs tests/ only, `pytest --benchmark-only` runs bench/ only."""
 
 
-def pytest_ignore_collect(collection_path, config):
+def pytest_collection_modifyitems(config, items):
     benchmarks = bool(config.getoption("benchmark_only", False))
-    if collection_path.name == "bench":
-        return not benchmarks
-    if collection_path.name == "tests":
-        return benchmarks
-    return None
+    selected, deselected = [], []
+    for item in items:
+        (selected if (item.path.parent.name == "bench") == benchmarks else deselected).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected

@@ -13,18 +13,29 @@ functions take a flat thread number and the total thread count (a grid-stride lo
 row-wise ones give each thread whole rows: with K = 10 classes a row is 10 numbers, too few to share
 out among the 32 threads of a warp.
 """
+import functools
 import math
 
+import numpy as np
 from numba import cuda
 
 TILE = 16  # tiles of 16 x 16 outputs: 256 threads per block; the two shared tiles take 2.1 KiB (float32)
 THREADS = TILE * TILE  # threads per block in every kernel; a power of two, as the tree reductions need
+# shared tiles get one padding column, so that writing one transposed hits 16 different memory banks;
+# a global tuple, because numba needs a shared array's shape as a compile-time constant
+TILE_SHAPE = (TILE, TILE + 1)
 
 
 def n_tiles(shape):
     """Number of TILE x TILE tiles covering a 2-D output of `shape` (host side)."""
     rows, cols = shape
     return -(-rows // TILE) * -(-cols // TILE)
+
+
+@functools.cache
+def nothing(ndim, dtype):
+    """A zero-size device array (ndim, dtype), made once: for an output a kernel must not compute."""
+    return cuda.device_array((0,) * ndim, np.dtype(dtype))
 
 
 @cuda.jit(device=True)
@@ -41,7 +52,7 @@ def _tile_origin(out, tile):
 
 @cuda.jit(device=True)
 def _load_tile(tile, src, row0, col0, transposed):
-    """tile (TILE, TILE + 1) [i, j] <- op(src)[row0 + i, col0 + j], op = transpose if `transposed`; 0 outside.
+    """tile TILE_SHAPE [i, j] <- op(src)[row0 + i, col0 + j], op = transpose if `transposed`; 0 outside.
 
     Consecutive threadIdx.x always read consecutive addresses of src (coalesced); the transposed case
     writes shared memory down a column instead, which the tile's padding column keeps conflict-free.
@@ -63,7 +74,7 @@ def _matmul_tile(a, a_transposed, b, b_transposed, row0, col0, inner, want_colsu
 
     Also returns, for threads with ty == 0 when want_colsum, the sum of column col0 + tx of op(b): it
     costs 16 adds per tile since the tiles of op(b) pass through shared memory anyway (dbias).
-    sa, sb: shared (TILE, TILE + 1) arrays of the operands' dtype.
+    sa, sb: shared TILE_SHAPE arrays of the operands' dtype.
     """
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
     acc = sa.dtype.type(0)  # accumulate in the arrays' dtype, as BLAS does

@@ -3,7 +3,7 @@
 A step's (loss, n_correct) is computed on the device. Copying it to the host after every step would
 make the host wait for the GPU every step (the queue of launches drains, and MNIST-sized steps are
 launch-bound), so the kernels write it into a device log instead and train_step returns DeviceScalar
-handles. Reading one (float(x), int(x), x + y, math.isfinite(x)) copies every log row written since
+handles. Reading one (float(x), int(x), x + y, x < y) copies every log row written since
 the last read in one transfer: reading a whole epoch's handles at its end costs one wait.
 """
 import numpy as np
@@ -52,7 +52,7 @@ class StepLog:
 
 
 class DeviceScalar:
-    """A number a kernel writes on the device: reading it (float(x), int(x), x + y) waits for the GPU."""
+    """A number a kernel writes on the device: reading it (float(x), int(x), x + y, x < y) waits for the GPU."""
 
     __slots__ = ("_log", "_step", "_column", "_type")
 
@@ -73,6 +73,12 @@ class DeviceScalar:
         return self.item() + other
 
     __radd__ = __add__  # `total += x` with total a float: float.__add__ declines, this answers
+
+    def __lt__(self, other):
+        return self.item() < other
+
+    def __gt__(self, other):
+        return self.item() > other
 
     def __repr__(self):
         return f"DeviceScalar(step {self._step}: {self.item()!r})"

@@ -22,8 +22,8 @@ import numpy as np
 from numba import config, cuda, float64, int32
 from numba.np.numpy_support import from_dtype
 
-from kernels.cuda_device import (THREADS, TILE, gather_rows, linear_backward_tiles, linear_forward_tiles,
-                                 n_tiles, sgd_layers, softmax_xent_rows)
+from kernels.cuda_device import (THREADS, TILE, TILE_SHAPE, gather_rows, linear_backward_tiles, linear_forward_tiles,
+                                 n_tiles, nothing, sgd_layers, softmax_xent_rows)
 from kernels.cuda_metrics import metrics, step_log
 
 
@@ -37,8 +37,8 @@ def _kernel(dtype):
                            dlogits, targets, images, labels, indices, scale, lrs, lr, momentum,
                            weight_decay, log, log_first):
         # indices (S * B,): step s gathers rows indices[s * B:(s + 1) * B]; lrs (S,) or empty: use lr
-        sa = cuda.shared.array((TILE, TILE + 1), shared_dtype)  # one declaration a line: the simulator
-        sb = cuda.shared.array((TILE, TILE + 1), shared_dtype)  # tells shared arrays apart by line
+        sa = cuda.shared.array(TILE_SHAPE, shared_dtype)  # one declaration a line: the simulator
+        sb = cuda.shared.array(TILE_SHAPE, shared_dtype)  # tells shared arrays apart by line
         loss_parts = cuda.shared.array(THREADS, float64)
         correct_parts = cuda.shared.array(THREADS, int32)
         grid = cuda.cg.this_grid()
@@ -69,24 +69,23 @@ def _kernel(dtype):
     return train_steps_kernel
 
 
-@functools.cache
-def _no_rates(dtype):
-    return cuda.device_array(0, dtype)
+def _cooperative_blocks(kernel, args):
+    """How many blocks of the kernel compiled for args fit on the GPU at once (a cooperative grid must)."""
+    if config.ENABLE_CUDASIM:
+        return 1  # the simulator has no barrier across blocks
+    signature = tuple(kernel.typeof_pyval(a) for a in args)
+    return kernel.compile(signature).max_cooperative_grid_blocks((TILE, TILE))
 
 
-_grid_blocks = {}  # (dtype, L, images dtype) -> co-resident blocks of the compiled kernel
+_grid_blocks = {}  # (dtype, L, images dtype) -> _cooperative_blocks
 
 
 def _launch(kernel, args, work_tiles):
-    """Launch the cooperative kernel on as many blocks as fit on the GPU at once, at most work_tiles."""
+    """Launch the cooperative kernel on as many blocks as fit at once, but no more than work_tiles."""
     weights, images = args[0], args[10]
     key = (weights[0].dtype, len(weights), images.dtype)
     if key not in _grid_blocks:
-        if config.ENABLE_CUDASIM:
-            _grid_blocks[key] = 1  # the simulator has no barrier across blocks
-        else:
-            signature = tuple(kernel.typeof_pyval(a) for a in args)
-            _grid_blocks[key] = kernel.compile(signature).max_cooperative_grid_blocks((TILE, TILE))
+        _grid_blocks[key] = _cooperative_blocks(kernel, args)
     kernel[max(1, min(_grid_blocks[key], work_tiles)), (TILE, TILE)](*args)
 
 
@@ -107,7 +106,7 @@ def train_step(weights, biases, dweights, dbiases, velocities_w, velocities_b, a
     """fastnn.ops.train_step in one launch; returns (loss, n_correct) as DeviceScalars."""
     dtype = weights[0].dtype
     return _run(weights, biases, dweights, dbiases, velocities_w, velocities_b, acts, dacts, dlogits, targets,
-                images, labels, indices, scale, _no_rates(dtype), lr, momentum, weight_decay, 1)[0]
+                images, labels, indices, scale, nothing(1, dtype), lr, momentum, weight_decay, 1)[0]
 
 
 def _run(weights, biases, dweights, dbiases, velocities_w, velocities_b, acts, dacts, dlogits, targets,
@@ -115,8 +114,9 @@ def _run(weights, biases, dweights, dbiases, velocities_w, velocities_b, acts, d
     log = step_log()
     first = log.claim(S)
     real = weights[0].dtype.type  # scalars in the parameters' dtype: float32 math stays float32
+    dacts = (nothing(2, weights[0].dtype),) + tuple(dacts[1:])  # no tiles for dacts[0]: pixels need no gradient
     args = (tuple(weights), tuple(biases), tuple(dweights), tuple(dbiases), tuple(velocities_w),
-            tuple(velocities_b), tuple(acts), tuple(dacts), dlogits, targets, images, labels, indices,
+            tuple(velocities_b), tuple(acts), dacts, dlogits, targets, images, labels, indices,
             np.float64(scale), lrs, real(lr), real(momentum), real(weight_decay), log.device, first % len(log))
     work_tiles = max(max(n_tiles(a.shape) for a in acts[1:]),
                      max(n_tiles(w.shape) + n_tiles(d.shape) for w, d in zip(weights, dacts)))

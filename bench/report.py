@@ -1,0 +1,172 @@
+"""Render a pytest-benchmark run as a markdown table and a chart: numpy against numba, op by op.
+
+    uv run pytest --benchmark-only --benchmark-autosave -q   # saves .benchmarks/<machine>/NNNN_*.json
+    uv run python -m bench.report                            # the newest run under .benchmarks/
+    uv run python -m bench.report run.json --png report.png  # a run saved with --benchmark-json run.json
+
+One row per benchmark group (an op at one shape): the median time of each backend, the speed-up
+numpy/numba, GFLOP/s from the dense FLOPs in extra_info, and numba's share of this machine's float32
+GEMM ceiling, measured in the same run (test_gemm_ceiling). The chart goes beside the run file (same
+name, .png) unless --png says where.
+"""
+import argparse
+import json
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from fastnn.cli import friendly_errors
+from fastnn.fileio import FastnnError, atomic_write
+
+RUNS = Path(".benchmarks")  # where --benchmark-autosave writes
+ORDER = ("gather_batch", "linear_relu_forward", "linear_forward", "softmax_cross_entropy",
+         "linear_backward_input", "linear_backward", "sgd_update", "train_step", "epoch")  # the step's order
+COLORS = {"numpy": "tab:blue", "numba": "tab:orange"}
+DPI = 110
+
+
+def newest_run(folder=RUNS):
+    """The most recently written run file under `folder`."""
+    runs = sorted(Path(folder).rglob("*.json"), key=lambda path: path.stat().st_mtime)
+    if not runs:
+        raise FastnnError(f"no benchmark runs under {folder}/: run "
+                          f"`uv run pytest --benchmark-only --benchmark-autosave` first")
+    return runs[-1]
+
+
+def read_run(path):
+    """(rows, ceilings, run): one row per group, GEMM GFLOP/s per BLAS thread setting, the raw JSON."""
+    try:
+        run = json.loads(Path(path).read_text())
+        benchmarks = run["benchmarks"]
+    except (OSError, ValueError, KeyError) as e:
+        raise FastnnError(f"{path}: not a pytest-benchmark JSON run ({e})") from None
+    rows, ceilings = {}, {}
+    for bench in benchmarks:
+        info, median = bench["extra_info"], bench["stats"]["median"]  # seconds
+        if info.get("op") == "gemm":
+            ceilings[str(info["threads"])] = info["flops"] / median / 1e9
+            continue
+        row = rows.setdefault(bench["group"], {"op": info["op"], "shape": info["shape"], "flops": info["flops"],
+                                               "B": info.get("B", 0), "H": info.get("H", 0), "median": {}})
+        row["median"][info["backend"]] = median
+    return sorted(rows.values(), key=order), ceilings, run
+
+
+def order(row):
+    """Ops in the order a training step runs them, then by batch size and hidden size."""
+    return ORDER.index(row["op"]) if row["op"] in ORDER else len(ORDER), row["op"], row["B"], row["H"]
+
+
+def speedup(row):
+    """numpy median / numba median, or None when either is missing."""
+    numpy, numba = row["median"].get("numpy"), row["median"].get("numba")
+    return numpy / numba if numpy and numba else None
+
+
+def gflops(row, backend):
+    median = row["median"].get(backend)
+    return row["flops"] / median / 1e9 if median else None
+
+
+def format_time(seconds):
+    if seconds is None:
+        return "—"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} µs"
+    return f"{seconds * 1e3:.2f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def format_number(value, spec):
+    return "—" if value is None else format(value, spec)
+
+
+def markdown(rows, ceilings, run, path):
+    """The run as a markdown table, headed by where and when it was measured and the GEMM ceiling."""
+    machine = run.get("machine_info", {})
+    cpu = machine.get("cpu", {})
+    ceiling = ceilings.get("all")
+    lines = [f"Run `{path}` ({run.get('datetime', '?')[:19]}), {cpu.get('brand_raw', '?')}, "
+             f"{cpu.get('count', '?')} cores, Python {machine.get('python_version', '?')}.",
+             "GEMM ceiling (float32 2048^3, NumPy/OpenBLAS): " + ", ".join(
+                 f"{value:.0f} GFLOP/s ({threads} threads)" for threads, value in ceilings.items())
+             if ceilings else "GEMM ceiling: not measured in this run (test_gemm_ceiling).",
+             "",
+             "| op | shape | numpy | numba | speed-up | numpy GFLOP/s | numba GFLOP/s | numba % of ceiling |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        numba_rate = gflops(row, "numba")
+        share = 100 * numba_rate / ceiling if numba_rate and ceiling else None
+        lines.append(f"| {row['op']} | {row['shape']} | {format_time(row['median'].get('numpy'))} | "
+                     f"{format_time(row['median'].get('numba'))} | {format_number(speedup(row), '.2f')} | "
+                     f"{format_number(gflops(row, 'numpy'), '.1f')} | {format_number(numba_rate, '.1f')} | "
+                     f"{format_number(share, '.0f')} |")
+    return "\n".join(lines)
+
+
+def plot(rows, ceilings, title):
+    """Two panels sharing one row per group: speed-up numpy/numba, and GFLOP/s against the ceiling."""
+    labels = [f"{row['op']}  {row['shape']}" for row in rows]
+    y = range(len(rows))
+    fig = Figure(figsize=(14, 1.5 + 0.28 * len(rows)), layout="constrained")
+    ax_speed, ax_rate = fig.subplots(1, 2, sharey=True)
+    fig.suptitle(title)
+
+    speedups = [speedup(row) for row in rows]
+    measured = [(i, s) for i, s in zip(y, speedups) if s]
+    if measured:
+        ax_speed.barh([i for i, _ in measured], [s for _, s in measured],
+                      color=["tab:green" if s >= 1 else "tab:red" for _, s in measured])
+        for i, s in measured:
+            ax_speed.annotate(f"{s:.2f}x", (s, i), xytext=(3, 0), textcoords="offset points",
+                              va="center", fontsize=8)
+        ax_speed.set_xscale("log")
+    else:
+        ax_speed.text(0.5, 0.5, "no numba results in this run", transform=ax_speed.transAxes,
+                      ha="center", va="center", color="grey")
+    ax_speed.axvline(1, color="black", linewidth=0.8)
+    ax_speed.set_xlabel("speed-up numpy time / numba time (log; > 1: numba faster)")
+    ax_speed.set_yticks(list(y), labels, fontsize=8)
+    ax_speed.invert_yaxis()  # first op on top, epochs at the bottom
+
+    height = 0.4
+    for offset, backend in ((-height / 2, "numpy"), (height / 2, "numba")):
+        rates = [(i + offset, gflops(row, backend)) for i, row in zip(y, rows) if gflops(row, backend)]
+        ax_rate.barh([i for i, _ in rates], [r for _, r in rates], height=height,
+                     color=COLORS[backend], label=backend)
+    for threads, value in ceilings.items():
+        ax_rate.axvline(value, color="black", linestyle="--" if threads == "all" else ":", linewidth=1,
+                        label=f"GEMM ceiling, {threads} BLAS threads: {value:.0f} GFLOP/s")
+    ax_rate.set_xscale("log")
+    ax_rate.set_xlabel("GFLOP/s (dense FLOPs / median time, log)")
+    ax_rate.legend(loc="lower right", fontsize=8)
+    for ax in (ax_speed, ax_rate):
+        ax.grid(axis="x", which="both", alpha=0.3)
+        for i in range(1, len(rows)):  # a thin rule between ops
+            if rows[i]["op"] != rows[i - 1]["op"]:
+                ax.axhline(i - 0.5, color="grey", linewidth=0.5)
+    return fig
+
+
+@friendly_errors
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
+    parser.add_argument("run", nargs="?", type=Path,
+                        help=f"a pytest-benchmark JSON file (default: the newest under {RUNS}/)")
+    parser.add_argument("--png", type=Path, help="where to write the chart (default: beside the run, .png)")
+    args = parser.parse_args(argv)
+    path = args.run or newest_run()
+    rows, ceilings, run = read_run(path)
+    if not rows:
+        raise FastnnError(f"{path}: no benchmarks of fastnn ops in this run")
+    print(markdown(rows, ceilings, run, path))
+    png = args.png or path.with_suffix(".png")
+    fig = plot(rows, ceilings, f"fastnn benchmarks: {path.name}")
+    with atomic_write(png) as f:
+        fig.savefig(f, format="png", dpi=DPI)
+    print(f"\nchart: {png}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
