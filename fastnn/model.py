@@ -21,6 +21,7 @@ SCHEDULES = ("constant", "cosine")
 # A mean cross-entropy this large means the right class gets probability e^-1000: no sane run gets
 # there (an untrained network sits at ln(10) = 2.3), so it is divergence, not a bad batch.
 DIVERGED_LOSS = 1e3
+CHECK_EVERY = 32  # steps between divergence checks
 EVAL_BATCH = 2000  # rows per inference chunk: bounds memory, big enough to keep the kernels busy
 
 
@@ -185,52 +186,65 @@ class MLP:
         n_val = int(len(X) * self.validation_fraction)
         order = rng.permutation(len(X)) if n_val else np.arange(len(X))
         train_rows, val_rows = order[n_val:], order[:n_val]
-        ops = self._ops
         self._to_backend()
-        images, labels = ops.to_device(X), ops.to_device(y)
+        data = (self._ops.to_device(X), self._ops.to_device(y), scale)
         B = min(self.batch_size, len(train_rows))
-        acts, dacts = self._activations(B), self._activations(B)
-        dacts = (ops.empty((0, 0), self.dtype),) + dacts[1:-1]  # no gradient for pixels or logits
-        dlogits, targets = ops.empty((B, n_classes), self.dtype), ops.empty(B, np.int64)
-        steps_per_epoch = math.ceil(len(train_rows) / B)
-        total_steps = steps_per_epoch * self.epochs
+        full = self._step_buffers(B, n_classes)
+        partial = len(train_rows) % B  # the last batch of an epoch may be smaller: views of its rows
+        batches = [(start, full if start + B <= len(train_rows) else _first_rows(full, partial))
+                   for start in range(0, len(train_rows), B)]
+        total_steps = len(batches) * self.epochs
 
         for epoch_in_run in range(self.epochs):
             epoch = self.n_iter_ + 1
             start_time = time.perf_counter()
-            shuffled = ops.to_device(rng.permutation(train_rows) if self.shuffle else train_rows)
-            loss_sum = correct = 0.0
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, unit="batch",
-                       disable=not progress)
-            for step, start in enumerate(range(0, len(train_rows), B)):
-                b = min(B, len(train_rows) - start)  # the last batch may be partial: views of b rows
-                lr = self._lr_at(epoch_in_run * steps_per_epoch + step, total_steps)
-                loss, n_correct = ops.train_step(
-                    self._weights, self._biases, self._dweights, self._dbiases,
-                    self._velocities_w, self._velocities_b,
-                    tuple(a[:b] for a in acts), (dacts[0],) + tuple(d[:b] for d in dacts[1:]),
-                    dlogits[:b], targets[:b], images, labels, shuffled[start:start + b], scale,
-                    lr, self.momentum, self.weight_decay)
-                if not loss < DIVERGED_LOSS:  # also catches NaN
-                    raise FastnnError(f"training diverged at epoch {epoch}, step {step + 1} (loss {loss}): "
-                                      f"lower the learning rate (--lr {self.lr:g} is too high) or check the data")
-                loss_sum += loss
-                correct += n_correct
-                bar.update()
-            bar.close()
-            seconds = time.perf_counter() - start_time
+            order = train_rows if not self.shuffle else rng.permutation(train_rows)
+            lrs = [self._lr_at(epoch_in_run * len(batches) + step, total_steps) for step in range(len(batches))]
+            loss, correct = self._train_epoch(epoch, data, self._ops.to_device(order), batches, lrs, progress)
             self._from_backend()
-            record = {"epoch": epoch, "loss": loss_sum / steps_per_epoch,
-                      "train_accuracy": correct / len(train_rows),
+            record = {"epoch": epoch, "loss": loss, "train_accuracy": correct / len(train_rows),
                       "val_accuracy": self.score(X[val_rows], y[val_rows]) if n_val else None,
                       "test_accuracy": self.score(X_test, y_test) if X_test is not None else None,
-                      "seconds": seconds, "lr": lr}
+                      "seconds": time.perf_counter() - start_time, "lr": lrs[-1]}
             self.n_iter_ = epoch
             self.history_.append(record)
             self.loss_curve_.append(record["loss"])
             if on_epoch is not None:
                 on_epoch(record)
         return self
+
+    def _step_buffers(self, B, n_classes):
+        """(acts, dacts, dlogits, targets) for batches of B rows: train_step's working memory."""
+        acts = self._activations(B)
+        # no gradient is needed for the pixels (dacts[0] is a placeholder) nor kept for the logits
+        dacts = (self._ops.empty((0, 0), self.dtype),) + self._activations(B)[1:-1]
+        return acts, dacts, self._ops.empty((B, n_classes), self.dtype), self._ops.empty(B, np.int64)
+
+    def _train_epoch(self, epoch, data, order, batches, lrs, progress):
+        """One pass over `order` (device indices); returns (mean batch loss, number correct)."""
+        images, labels, scale = data
+        params = (self._weights, self._biases, self._dweights, self._dbiases,
+                  self._velocities_w, self._velocities_b)
+        losses, corrects = [], []  # kept as returned: a GPU backend's values are read in one go later
+        bar = tqdm(total=len(batches), desc=f"epoch {epoch}", leave=False, unit="batch", disable=not progress)
+        for step, (start, (acts, dacts, dlogits, targets)) in enumerate(batches):
+            indices = order[start:start + len(targets)]
+            loss, n_correct = self._ops.train_step(*params, acts, dacts, dlogits, targets, images, labels,
+                                                   indices, scale, lrs[step], self.momentum, self.weight_decay)
+            bar.update()
+            losses.append(loss)
+            corrects.append(n_correct)
+            if step % CHECK_EVERY == 0 or step == len(batches) - 1:
+                # reading a loss waits for the device (a GPU runs ahead of Python), so only every few steps
+                self._check_diverged(epoch, step, losses)
+        bar.close()
+        return float(sum(losses)) / len(losses), int(sum(corrects))
+
+    def _check_diverged(self, epoch, step, losses):
+        for i in range(max(0, step + 1 - CHECK_EVERY), step + 1):
+            if not losses[i] < DIVERGED_LOSS:  # also catches NaN
+                raise FastnnError(f"training diverged at epoch {epoch}, step {i + 1} (loss {float(losses[i]):.4g}): "
+                                  f"lower the learning rate (--lr {self.lr:g} is too high) or check the data")
 
     def _lr_at(self, t, total_steps):
         """Learning rate for step t of total_steps in this run."""
@@ -312,6 +326,13 @@ class MLP:
         model.classes_ = np.arange(weights[-1].shape[1])
         model.history_, model.loss_curve_, model.n_iter_ = [], [], 0
         return model
+
+
+def _first_rows(buffers, rows):
+    """The same step buffers, viewing only their first `rows` rows (dacts[0] is a placeholder)."""
+    acts, dacts, dlogits, targets = buffers
+    return (tuple(a[:rows] for a in acts), dacts[:1] + tuple(d[:rows] for d in dacts[1:]),
+            dlogits[:rows], targets[:rows])
 
 
 def read_weights(path):

@@ -12,18 +12,19 @@ epoch's shuffled row indices (int64). The kernels allocate nothing per step.
 
 Returned numbers. A step's loss and accuracy are computed on the GPU; turning them into Python
 numbers makes the host wait for the GPU. So softmax_cross_entropy and train_step return
-DeviceScalar handles (kernels/cuda_metrics.py): float(x), int(x), x + y read them, and reading
-waits once for everything written so far. Keep the handles of an epoch and read them at its end:
-one wait per epoch; reading them every step (math.isfinite(loss) after each step) still works,
-with a wait per step.
+DeviceScalar handles (kernels/cuda_metrics.py) in place of the reference's float and int:
+float(x), int(x), x + y, x < y read them, and a read waits once for everything written so far.
+Keep an epoch's handles and read them at its end: one wait per epoch. Reading them every step
+(a divergence check after each step) works too, at the price of a wait per step.
 
 Launches per SGD step (a network of L layers: L = 2 for one hidden layer)
     version 1, one kernel per op, fused:  2L + 3  (gather, L forward with bias [+ ReLU], softmax
         cross-entropy with argmax and accuracy, L backward each writing dweight, dbias and the
         masked dinp, one SGD update of every parameter)
-    version 2, persistent cooperative kernel (kernels/cuda_persistent.py):  1, and
-        `train_steps` runs S steps (an epoch's full batches) in 1 launch.
-`train_step` is version 1 until bench/gpu.py has timed both on a GPU; TRAIN_STEPS holds both.
+    version 2, persistent cooperative kernel (kernels/cuda_persistent.py):  1, with 2L + 2 grid-wide
+        barriers inside; its `train_steps` (cuda only) runs S steps, e.g. an epoch's full batches, in 1.
+`train_step` is version 1, the one tested on many blocks, until bench/gpu.py has timed both on a GPU
+and tests/test_cuda.py has passed there; TRAIN_STEPS holds both.
 """
 import functools
 import importlib.util

@@ -94,7 +94,10 @@ def _matmul_tile(a, a_transposed, b, b_transposed, row0, col0, inner, want_colsu
 
 @cuda.jit(device=True)
 def linear_forward_tiles(out, inp, weight, bias, relu, first, step, sa, sb):
-    """out (B, OC) = inp (B, C) @ weight (C, OC) + bias (OC), then max(., 0) where `relu`: tiles first, first + step, ..."""
+    """out (B, OC) = inp (B, C) @ weight (C, OC) + bias (OC), then max(., 0) if relu.
+
+    Tiles first, first + step, ... of out; the bias and the ReLU are applied in registers, before the store.
+    """
     zero = out.dtype.type(0)
     for tile in range(first, _tile_count(out), step):
         row0, col0 = _tile_origin(out, tile)
@@ -136,7 +139,10 @@ def linear_backward_tiles(dweight, dbias, dinp, dout, inp, weight, first, step, 
 
 @cuda.jit(device=True)
 def gather_rows(inp, targets, images, labels, indices, scale, first, step):
-    """inp (B, C) = images[indices] (B, C) * scale, targets (B,) = labels[indices]: elements first, first + step, ..."""
+    """inp (B, C) = images[indices] (B, C) * scale, targets (B,) = labels[indices].
+
+    Elements first, first + step, ... of inp; images (N, C) uint8 or float stay compact on the device.
+    """
     C = inp.shape[1]
     for e in range(first, inp.size, step):  # consecutive threads take consecutive pixels of a row: coalesced
         b, c = e // C, e % C

@@ -22,8 +22,8 @@ import numpy as np
 from numba import config, cuda, float64, int32
 from numba.np.numpy_support import from_dtype
 
-from kernels.cuda_device import (THREADS, TILE, TILE_SHAPE, gather_rows, linear_backward_tiles, linear_forward_tiles,
-                                 n_tiles, nothing, sgd_layers, softmax_xent_rows)
+from kernels.cuda_device import (THREADS, TILE, TILE_SHAPE, gather_rows, linear_backward_tiles,
+                                 linear_forward_tiles, n_tiles, nothing, sgd_layers, softmax_xent_rows)
 from kernels.cuda_metrics import metrics, step_log
 
 

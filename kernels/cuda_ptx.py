@@ -52,12 +52,13 @@ def compile_all(cc=(9, 0), out=None):
     rng = np.random.default_rng(0)
     B, C, H, K, N = 64, 784, 128, 10, 100
     for dtype in (np.float32, np.float64):
-        def f(*shape):
+        def f(*shape, dtype=dtype):
             return rng.standard_normal(shape).astype(dtype)
 
         weights, biases = [f(C, H), f(H, K)], [f(H), f(K)]
         acts, dacts, dlogits = [f(B, C), f(B, H), f(B, K)], [np.empty((0, 0), dtype), f(B, H)], f(B, K)
-        targets, images, labels = np.zeros(B, np.int64), rng.integers(0, 256, (N, C), np.uint8), np.zeros(N, np.int64)
+        targets, labels = np.zeros(B, np.int64), np.zeros(N, np.int64)
+        images = rng.integers(0, 256, (N, C), np.uint8)
         state = dict(weights=weights, biases=biases, dweights=[w.copy() for w in weights],
                      dbiases=[b.copy() for b in biases], velocities_w=[w.copy() for w in weights],
                      velocities_b=[b.copy() for b in biases], acts=acts, dacts=dacts, dlogits=dlogits,
