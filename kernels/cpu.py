@@ -23,7 +23,7 @@ changed jitted callee in another file (numba PR #8396), so a split module would 
 import numpy as np
 from numba import njit, prange
 
-from kernels.config import FASTMATH, SGD_PARALLEL_MIN
+from kernels.config import DWEIGHT_ROWS, FASTMATH, NARROW_MAX, SGD_CHUNK, SPARSE_MAX_DENSITY
 
 # Memory: the model's buffers are host NumPy arrays, exactly as for the NumPy reference.
 empty = np.empty
@@ -49,31 +49,47 @@ def gather_batch(inp, targets, images, labels, indices, scale):
 
 @njit(fastmath=FASTMATH, cache=True)
 def _linear_row(out, inp, weight, bias, b):
-    """out[b] (OC) = inp[b] (C) @ weight (C, OC) + bias (OC), skipping exact zeros of inp[b].
+    """out[b] (OC) = inp[b] (C) @ weight (C, OC) + bias (OC).
 
-    Row form: out[b] += inp[b, k] * weight[k] is a contiguous axpy that vectorises along OC. Its cost
-    is the load and store of out[b] around every FMA, so nonzero inputs are taken in pairs: one pass
-    over out[b] per two rows of weight halves that traffic (1.5-2x faster than one at a time).
+    Row (axpy) form: out[b] += inp[b, k] * weight[k] is a contiguous update that vectorises along
+    OC. Its cost is the load and store of out[b] around the FMAs, so several rows of weight are
+    added per pass over out[b]: four in the dense path, two nonzero ones in the sparse path.
     """
     C = inp.shape[1]
     OC = weight.shape[1]
     for j in range(OC):
         out[b, j] = bias[j]
-    k1 = -1  # a nonzero input waiting for its partner
+    nonzeros = 0
     for k in range(C):
-        x = inp[b, k]
-        if x != 0:
-            if k1 < 0:
-                k1 = k
-            else:
-                x1 = inp[b, k1]
-                for j in range(OC):
-                    out[b, j] = out[b, j] + x1 * weight[k1, j] + x * weight[k, j]
-                k1 = -1
-    if k1 >= 0:
-        x1 = inp[b, k1]
-        for j in range(OC):
-            out[b, j] += x1 * weight[k1, j]
+        nonzeros += inp[b, k] != 0
+    # Skipping zeros pays when they dominate (MNIST pixels: 81%, in runs along a row); with ReLU
+    # outputs (~50%, scattered) the mispredicted branches cost more than the FMAs they save.
+    if nonzeros <= C * SPARSE_MAX_DENSITY:
+        k1 = -1  # a nonzero input waiting for its partner
+        for k in range(C):
+            x = inp[b, k]
+            if x != 0:
+                if k1 < 0:
+                    k1 = k
+                else:
+                    x1 = inp[b, k1]
+                    for j in range(OC):
+                        out[b, j] = out[b, j] + x1 * weight[k1, j] + x * weight[k, j]
+                    k1 = -1
+        if k1 >= 0:
+            x1 = inp[b, k1]
+            for j in range(OC):
+                out[b, j] += x1 * weight[k1, j]
+    else:
+        for k in range(0, C - 3, 4):
+            x0, x1, x2, x3 = inp[b, k], inp[b, k + 1], inp[b, k + 2], inp[b, k + 3]
+            for j in range(OC):
+                out[b, j] = (out[b, j] + x0 * weight[k, j] + x1 * weight[k + 1, j]
+                             + x2 * weight[k + 2, j] + x3 * weight[k + 3, j])
+        for k in range(C - C % 4, C):
+            x = inp[b, k]
+            for j in range(OC):
+                out[b, j] += x * weight[k, j]
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -174,30 +190,34 @@ def softmax_cross_entropy(dlogits, logits, targets):
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _dweight_row(dweight, dout, inp, c):
-    """dweight[c] (OC) = inp[:, c] (B) @ dout (B, OC), skipping exact zeros of inp[:, c].
+def _dweight_rows(dweight, dout, inp, c0, c1):
+    """dweight[c0:c1] (c1 - c0, OC) = inp[:, c0:c1].T @ dout (B, OC), batch rows in fixed order.
 
-    The same paired axpy as _linear_row: nonzero batch rows two at a time, one pass over dweight[c].
+    Batch rows are taken four at a time (one pass over dweight[c] adds four rows of dout), and a
+    group whose four inputs are all exactly 0 is skipped: with MNIST pixels that is most groups.
+    Looping over b outside c reads inp along its rows, where zeros come in runs the branch predictor
+    follows; down a column they are scattered.
     """
     B = inp.shape[0]
     OC = dout.shape[1]
-    for j in range(OC):
-        dweight[c, j] = 0
-    b1 = -1  # a batch row with a nonzero input, waiting for its partner
-    for b in range(B):
-        x = inp[b, c]
-        if x != 0:
-            if b1 < 0:
-                b1 = b
-            else:
-                x1 = inp[b1, c]
-                for j in range(OC):
-                    dweight[c, j] = dweight[c, j] + x1 * dout[b1, j] + x * dout[b, j]
-                b1 = -1
-    if b1 >= 0:
-        x1 = inp[b1, c]
+    for c in range(c0, c1):
         for j in range(OC):
-            dweight[c, j] += x1 * dout[b1, j]
+            dweight[c, j] = 0
+    for b in range(0, B - 3, 4):
+        for c in range(c0, c1):
+            x0, x1, x2, x3 = inp[b, c], inp[b + 1, c], inp[b + 2, c], inp[b + 3, c]
+            # one branch, not four (LLVM turns `x0 != 0 or ...` into a chain of branches); a sum of
+            # absolute values is 0 only when all four are, and NaN != 0 keeps NaN inputs
+            if abs(x0) + abs(x1) + abs(x2) + abs(x3) != 0:
+                for j in range(OC):
+                    dweight[c, j] = (dweight[c, j] + x0 * dout[b, j] + x1 * dout[b + 1, j]
+                                     + x2 * dout[b + 2, j] + x3 * dout[b + 3, j])
+    for b in range(B - B % 4, B):
+        for c in range(c0, c1):
+            x = inp[b, c]
+            if x != 0:
+                for j in range(OC):
+                    dweight[c, j] += x * dout[b, j]
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -216,9 +236,12 @@ def linear_backward(dweight, dbias, dout, inp):
 
     dweight (C, OC) = inp (B, C).T @ dout (B, OC); dbias (OC) = dout summed over the batch.
     """
-    # prange over C: iteration c owns dweight[c] and sums over the batch in row order
-    for c in prange(inp.shape[1]):
-        _dweight_row(dweight, dout, inp, c)  # (OC,)
+    C = inp.shape[1]
+    # prange over blocks of DWEIGHT_ROWS rows of dweight: iteration i owns its block (which stays in
+    # L1 while the whole batch is added in row order)
+    for i in prange((C + DWEIGHT_ROWS - 1) // DWEIGHT_ROWS):
+        c0 = i * DWEIGHT_ROWS
+        _dweight_rows(dweight, dout, inp, c0, min(c0 + DWEIGHT_ROWS, C))  # (DWEIGHT_ROWS, OC)
     _dbias(dbias, dout)  # (OC,)
 
 
@@ -227,30 +250,30 @@ def linear_backward_input(dinp, dout, weight, inp):
     """Gradient into the layer's input, through the ReLU that produced it.
 
     dinp (B, C) = (dout (B, OC) @ weight (C, OC).T) * (inp > 0), inp being the previous ReLU's output.
-    Masked units skip their dot product and get 0 (the reference's product gives NaN there only when
-    dout already holds NaN or inf, i.e. after the loss is NaN).
     """
     B, C = dinp.shape
     OC = dout.shape[1]
     # prange over batch rows: iteration b owns dinp[b]
     for b in prange(B):
         for c in range(C):
+            # dot-product form: dout[b] and weight[c] are both contiguous along OC
             total = dinp.dtype.type(0)
-            if inp[b, c] > 0:  # the ReLU mask, fused: about half the dot products are skipped
-                # dot-product form: dout[b] and weight[c] are both contiguous along OC
-                for j in range(OC):
-                    total += dout[b, j] * weight[c, j]
-            dinp[b, c] = total  # (B, C)
+            for j in range(OC):
+                total += dout[b, j] * weight[c, j]
+            # the ReLU mask as a product, not a branch: the mask is ~50% random, a branch on it
+            # mispredicts more than the dot product costs
+            dinp[b, c] = total * (inp[b, c] > 0)  # (B, C)
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _sgd_element(param, grad, velocity, i, lr, momentum, weight_decay):
-    """One element of sgd_update; the scalars already have the arrays' dtype."""
-    g = grad[i]
-    if weight_decay != 0:  # as the reference: no 0 * param term, so an inf weight stays inf
-        g += weight_decay * param[i]
-    velocity[i] = momentum * velocity[i] + g
-    param[i] -= lr * velocity[i]
+def _sgd_span(param, grad, velocity, lr, momentum, weight_decay):
+    """sgd_update of 1-D arrays (a row, a chunk), serially; the scalars already have the arrays' dtype."""
+    for i in range(param.size):
+        g = grad[i]
+        if weight_decay != 0:  # as the reference: no 0 * param term, so an inf weight stays inf
+            g += weight_decay * param[i]
+        velocity[i] = momentum * velocity[i] + g
+        param[i] -= lr * velocity[i]
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -264,13 +287,102 @@ def sgd_update(param, grad, velocity, lr, momentum, weight_decay):
     velocity_flat = velocity.reshape(velocity.size)
     # the scalars in the arrays' dtype: float64 scalars would make float32 math run in float64
     rate, mom, decay = param.dtype.type(lr), param.dtype.type(momentum), param.dtype.type(weight_decay)
-    if param_flat.size < SGD_PARALLEL_MIN:  # biases, small layers: not worth waking the threads
-        for i in range(param_flat.size):
-            _sgd_element(param_flat, grad_flat, velocity_flat, i, rate, mom, decay)
-    else:
-        # prange over elements: iteration i owns param_flat[i] and velocity_flat[i]
-        for i in prange(param_flat.size):
-            _sgd_element(param_flat, grad_flat, velocity_flat, i, rate, mom, decay)
+    n_chunks = (param_flat.size + SGD_CHUNK - 1) // SGD_CHUNK  # a bias is a single chunk
+    # prange over chunks of SGD_CHUNK elements: iteration i owns its chunk of param and velocity
+    for i in prange(n_chunks):
+        chunk = slice(i * SGD_CHUNK, (i + 1) * SGD_CHUNK)
+        _sgd_span(param_flat[chunk], grad_flat[chunk], velocity_flat[chunk], rate, mom, decay)
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _linear_backward_sgd(weight, bias, dweight, dbias, velocity_w, velocity_b, dout, inp, lr, momentum, weight_decay):
+    """linear_backward, then sgd_update of weight and bias, fused (train_step's backward for one layer).
+
+    Each block of dweight rows updates its rows of weight and velocity while it is still in L1, instead
+    of a second pass over three (C, OC) arrays. Same results as the two ops in sequence.
+    """
+    C = dweight.shape[0]
+    rate, mom, decay = weight.dtype.type(lr), weight.dtype.type(momentum), weight.dtype.type(weight_decay)
+    # prange over blocks of DWEIGHT_ROWS rows: iteration i owns those rows of dweight, weight, velocity_w
+    for i in prange((C + DWEIGHT_ROWS - 1) // DWEIGHT_ROWS):
+        c0 = i * DWEIGHT_ROWS
+        c1 = min(c0 + DWEIGHT_ROWS, C)
+        _dweight_rows(dweight, dout, inp, c0, c1)  # (c1 - c0, OC)
+        for c in range(c0, c1):
+            _sgd_span(weight[c], dweight[c], velocity_w[c], rate, mom, decay)  # row views: (OC,)
+    _dbias(dbias, dout)  # (OC,)
+    _sgd_span(bias, dbias, velocity_b, rate, mom, decay)  # OC biases: serial
+
+
+# ---- the narrow last layer inside train_step --------------------------------------------------
+# With OC = K = 10 classes a row update of OC floats is shorter than one vector register, so the row
+# form above runs nearly scalar. train_step computes that layer from transposed copies instead, in
+# dot-product form, kept in buffers that are free at that moment (see train_step).
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _transpose(out, inp):
+    """out (N, M) = inp (M, N).T, serially (the narrow layer: about a thousand elements)."""
+    for i in range(inp.shape[0]):
+        for j in range(inp.shape[1]):
+            out[j, i] = inp[i, j]
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _linear_forward_t(out, inp, weight_t, bias):
+    """out (B, OC) = inp (B, C) @ weight_t (OC, C).T + bias (OC), in dot-product form."""
+    B, C = inp.shape
+    # prange over batch rows: iteration b owns out[b]
+    for b in prange(B):
+        for j in range(out.shape[1]):
+            total = bias[j]
+            for k in range(C):  # inp[b] and weight_t[j] both contiguous along C
+                total += inp[b, k] * weight_t[j, k]
+            out[b, j] = total  # (B, OC)
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _dweight_t(dweight_t, dout, inp):
+    """dweight_t (OC, C) = dout (B, OC).T @ inp (B, C): rows of inp added along C, four per pass."""
+    B, C = inp.shape
+    # prange over OC: iteration j owns dweight_t[j], summing the batch in row order
+    for j in prange(dweight_t.shape[0]):
+        for c in range(C):
+            dweight_t[j, c] = 0
+        for b in range(0, B - 3, 4):
+            d0, d1, d2, d3 = dout[b, j], dout[b + 1, j], dout[b + 2, j], dout[b + 3, j]
+            for c in range(C):
+                dweight_t[j, c] = (dweight_t[j, c] + d0 * inp[b, c] + d1 * inp[b + 1, c]
+                                   + d2 * inp[b + 2, c] + d3 * inp[b + 3, c])
+        for b in range(B - B % 4, B):
+            d = dout[b, j]
+            for c in range(C):
+                dweight_t[j, c] += d * inp[b, c]
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _narrow_forward(out, inp, weight, bias, weight_t):
+    """linear_forward of the narrow last layer; weight_t (OC, C) is borrowed scratch for weight.T."""
+    _transpose(weight_t, weight)  # (OC, C)
+    _linear_forward_t(out, inp, weight_t, bias)  # (B, OC)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _narrow_backward_sgd(weight, bias, dweight, dbias, velocity_w, velocity_b, dinp, dout, inp,
+                         lr, momentum, weight_decay):
+    """linear_backward, linear_backward_input and sgd_update of the narrow last layer.
+
+    dinp (B, C) serves as scratch for dweight.T (OC, C) until the input gradient is written into it.
+    """
+    C, OC = weight.shape
+    dweight_t = dinp.reshape(dinp.size)[:OC * C].reshape((OC, C))
+    _dweight_t(dweight_t, dout, inp)  # (OC, C)
+    _transpose(dweight, dweight_t)  # (C, OC)
+    _dbias(dbias, dout)  # (OC,)
+    linear_backward_input(dinp, dout, weight, inp)  # (B, C), with weight before its update
+    rate, mom, decay = weight.dtype.type(lr), weight.dtype.type(momentum), weight.dtype.type(weight_decay)
+    _sgd_span(weight.reshape(C * OC), dweight.reshape(C * OC), velocity_w.reshape(C * OC), rate, mom, decay)
+    _sgd_span(bias, dbias, velocity_b, rate, mom, decay)
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -318,21 +430,35 @@ def train_step(weights, biases, dweights, dbiases, velocities_w, velocities_b,
     between the kernels.
     """
     L = len(weights)
+    last = L - 1
+    B, K = dlogits.shape
+    # A narrow last layer (the K classes) runs in dot-product form from transposed copies held in
+    # two buffers that are free at that moment: dweights[last] until its gradient is written, and
+    # dacts[last] until the input gradient is. A single layer has no dacts; B < K leaves it too small.
+    narrow = K <= NARROW_MAX and L > 1 and B >= K
     gather_batch(acts[0], targets, images, labels, indices, scale)  # (B, C_0), (B,)
-    forward(acts, weights, biases)  # acts[L] = logits (B, K)
-    logits = acts[L]
+    for l in range(last):
+        linear_relu_forward(acts[l + 1], acts[l], weights[l], biases[l])  # (B, C_l+1)
+    if narrow:
+        weight_t = dweights[last].reshape((K, weights[last].shape[0]))
+        _narrow_forward(acts[L], acts[last], weights[last], biases[last], weight_t)  # (B, K)
+    else:
+        linear_forward(acts[L], acts[last], weights[last], biases[last])  # (B, K)
     n_correct = 0  # before the update, like the loss
-    for b in range(logits.shape[0]):
-        if _argmax_row(logits, b) == targets[b]:
+    for b in range(B):
+        if _argmax_row(acts[L], b) == targets[b]:
             n_correct += 1
-    loss = softmax_cross_entropy(dlogits, logits, targets)  # dlogits (B, K)
+    loss = softmax_cross_entropy(dlogits, acts[L], targets)  # dlogits (B, K)
     dout = dlogits
-    for l in range(L - 1, -1, -1):
-        linear_backward(dweights[l], dbiases[l], dout, acts[l])  # (C_l, C_l+1), (C_l+1,)
+    for l in range(last, -1, -1):
+        if l == last and narrow:
+            _narrow_backward_sgd(weights[l], biases[l], dweights[l], dbiases[l], velocities_w[l], velocities_b[l],
+                                 dacts[l], dout, acts[l], lr, momentum, weight_decay)
+        else:
+            if l > 0:  # the input gradient first: it needs weights[l] before the update
+                linear_backward_input(dacts[l], dout, weights[l], acts[l])  # (B, C_l)
+            _linear_backward_sgd(weights[l], biases[l], dweights[l], dbiases[l], velocities_w[l], velocities_b[l],
+                                 dout, acts[l], lr, momentum, weight_decay)  # (C_l, C_l+1), (C_l+1,)
         if l > 0:
-            linear_backward_input(dacts[l], dout, weights[l], acts[l])  # (B, C_l)
             dout = dacts[l]
-    for l in range(L):
-        sgd_update(weights[l], dweights[l], velocities_w[l], lr, momentum, weight_decay)
-        sgd_update(biases[l], dbiases[l], velocities_b[l], lr, momentum, weight_decay)
     return loss, n_correct

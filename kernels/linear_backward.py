@@ -1,0 +1,123 @@
+"""Numbered versions of the weight gradient: dweight (C, OC) = inp (B, C).T @ dout (B, OC), dbias (OC).
+
+    uv run python -m kernels.linear_backward      # check every version against fastnn.ops, then time them
+    uv run python -m kernels.linear_backward 3    # only version 3
+
+B = batch size (the reduction: only 64 long), C = 784 pixels, OC = hidden units. Every version splits
+over C, so each parallel task owns whole rows of dweight and adds the batch in row order
+(bitwise the same for any thread count).
+    1  naive: one dot product per output, down strided columns of both inp and dout
+    2  row (axpy) form per row c: dweight[c] += inp[b, c] * dout[b], vectorised along OC
+    3  as 2, skipping exact zeros of inp; but inp[:, c] is a column, where zeros are scattered
+       across samples: the branch mispredicts often
+    4  blocks of 16 rows of dweight per task, batch rows outside pixels (inp read along its rows,
+       where zeros come in runs), four batch rows per pass over dweight[c], all-zero groups of
+       four skipped (kernels.cpu.linear_backward)
+GFLOP/s count dense FLOPs (2 B C OC), so the sparse versions show an effective rate.
+"""
+import sys
+
+import numpy as np
+from numba import njit, prange
+
+from fastnn import ops
+from kernels import cpu
+from kernels.config import FASTMATH
+from kernels.harness import N_BATCHES, benchmark, mnist_batches
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _dbias(dbias, dout):
+    """dbias (OC) = dout (B, OC) summed over the batch, serially in row order."""
+    for j in range(dout.shape[1]):
+        dbias[j] = 0
+    for b in range(dout.shape[0]):
+        for j in range(dout.shape[1]):
+            dbias[j] += dout[b, j]
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def linear_backward1(dweight, dbias, dout, inp):
+    B, C = inp.shape
+    OC = dout.shape[1]
+    # prange over C: iteration c owns dweight[c]
+    for c in prange(C):
+        for j in range(OC):
+            total = dweight.dtype.type(0)
+            for b in range(B):
+                total += inp[b, c] * dout[b, j]  # strides C and OC: no vector loads
+            dweight[c, j] = total
+    _dbias(dbias, dout)
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def linear_backward2(dweight, dbias, dout, inp):
+    B, C = inp.shape
+    OC = dout.shape[1]
+    # prange over C: iteration c owns dweight[c]
+    for c in prange(C):
+        for j in range(OC):
+            dweight[c, j] = 0
+        for b in range(B):
+            x = inp[b, c]
+            for j in range(OC):
+                dweight[c, j] += x * dout[b, j]  # (OC,) vectorised
+    _dbias(dbias, dout)
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def linear_backward3(dweight, dbias, dout, inp):
+    B, C = inp.shape
+    OC = dout.shape[1]
+    # prange over C: iteration c owns dweight[c]
+    for c in prange(C):
+        for j in range(OC):
+            dweight[c, j] = 0
+        for b in range(B):
+            x = inp[b, c]
+            if x != 0:
+                for j in range(OC):
+                    dweight[c, j] += x * dout[b, j]
+    _dbias(dbias, dout)
+
+
+KERNELS = {
+    1: linear_backward1,
+    2: linear_backward2,
+    3: linear_backward3,
+    4: cpu.linear_backward,
+}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    numbers = [int(argv[0])] if argv else list(KERNELS)
+    B, C = 64, 784
+    batches = mnist_batches(B, N_BATCHES)
+    inp = batches[0].copy()
+
+    def load(i):
+        inp[:] = batches[i]
+
+    for OC in (128, 512):
+        rng = np.random.default_rng(OC)
+        # a hidden layer's gradient: about half its entries are zero (the ReLU mask)
+        dout = (rng.standard_normal((B, OC)) * (rng.random((B, OC)) < 0.5) / B).astype(np.float32)
+        want_w, got_w = np.empty((C, OC), np.float32), np.empty((C, OC), np.float32)
+        want_b, got_b = np.empty(OC, np.float32), np.empty(OC, np.float32)
+        for i in range(N_BATCHES):  # every batch, as timed
+            load(i)
+            ops.linear_backward(want_w, want_b, dout, inp)
+            for n in numbers:
+                got_w.fill(np.nan)
+                got_b.fill(np.nan)
+                KERNELS[n](got_w, got_b, dout, inp)
+                np.testing.assert_allclose(got_w, want_w, rtol=1e-4, atol=1e-4, err_msg=f"version {n}")
+                np.testing.assert_allclose(got_b, want_b, rtol=1e-4, atol=1e-4, err_msg=f"version {n}")
+        print(f"B={B} C={C} OC={OC} float32: all results match. Starting benchmarks.")
+        benchmark({n: (lambda n=n: KERNELS[n](got_w, got_b, dout, inp)) for n in numbers},
+                  lambda: ops.linear_backward(want_w, want_b, dout, inp), load, flops=2 * B * C * OC)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Numbered versions of the first layer's forward: out (B, OC) = relu(inp (B, C) @ weight (C, OC) + bias (OC)).
+
+    uv run python -m kernels.linear_forward      # check every version against fastnn.ops, then time them
+    uv run python -m kernels.linear_forward 3    # only version 3
+
+B = batch size, C = 784 pixels, OC = hidden units; weight is stored (C, OC) as everywhere in fastnn.
+    1  naive: one dot product per output, down a strided column of weight (no vectorisation)
+    2  row (axpy) form: out[b] += inp[b, k] * weight[k], contiguous and vectorised along OC
+    3  as 2, skipping exact zeros of inp (81% of MNIST pixels)
+    4  as 3, nonzero inputs taken in pairs: one load and store of out[b] per two rows of weight
+       (kernels.cpu.linear_relu_forward: rows that are not mostly zeros take a dense 4-row path there)
+GFLOP/s count dense FLOPs (2 B C OC), so the sparse versions show an effective rate. Only the
+winner lives in kernels/cpu.py; the others import nothing jitted from it (numba's cache would not
+see a changed callee in another file).
+"""
+import sys
+
+import numpy as np
+from numba import njit, prange
+
+from fastnn import ops
+from kernels import cpu
+from kernels.config import FASTMATH
+from kernels.harness import N_BATCHES, benchmark, mnist_batches
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def linear_relu_forward1(out, inp, weight, bias):
+    B, C = inp.shape
+    OC = weight.shape[1]
+    # prange over batch rows: iteration b owns out[b]
+    for b in prange(B):
+        for j in range(OC):
+            total = bias[j]
+            for k in range(C):
+                total += inp[b, k] * weight[k, j]  # stride OC: no vector loads
+            out[b, j] = 0 if total < 0 else total
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def linear_relu_forward2(out, inp, weight, bias):
+    B, C = inp.shape
+    OC = weight.shape[1]
+    # prange over batch rows: iteration b owns out[b]
+    for b in prange(B):
+        for j in range(OC):
+            out[b, j] = bias[j]
+        for k in range(C):
+            x = inp[b, k]
+            for j in range(OC):
+                out[b, j] += x * weight[k, j]  # (OC,) vectorised; out[b] loaded and stored per k
+        for j in range(OC):
+            if out[b, j] < 0:
+                out[b, j] = 0
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def linear_relu_forward3(out, inp, weight, bias):
+    B, C = inp.shape
+    OC = weight.shape[1]
+    # prange over batch rows: iteration b owns out[b]
+    for b in prange(B):
+        for j in range(OC):
+            out[b, j] = bias[j]
+        for k in range(C):
+            x = inp[b, k]
+            if x != 0:  # zeros come in runs along a row, so this branch is mostly predicted
+                for j in range(OC):
+                    out[b, j] += x * weight[k, j]
+        for j in range(OC):
+            if out[b, j] < 0:
+                out[b, j] = 0
+
+
+KERNELS = {
+    1: linear_relu_forward1,
+    2: linear_relu_forward2,
+    3: linear_relu_forward3,
+    4: cpu.linear_relu_forward,
+}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    numbers = [int(argv[0])] if argv else list(KERNELS)
+    B, C = 64, 784
+    batches = mnist_batches(B, N_BATCHES)
+    inp = batches[0].copy()
+
+    def load(i):
+        inp[:] = batches[i]
+
+    for OC in (128, 512):
+        rng = np.random.default_rng(OC)
+        weight = (rng.standard_normal((C, OC)) * np.sqrt(2 / C)).astype(np.float32)
+        bias = (rng.standard_normal(OC) * 0.1).astype(np.float32)
+        want, got = np.empty((B, OC), np.float32), np.empty((B, OC), np.float32)
+        for i in range(N_BATCHES):  # every batch, as timed
+            load(i)
+            ops.linear_relu_forward(want, inp, weight, bias)
+            for n in numbers:
+                got.fill(np.nan)
+                KERNELS[n](got, inp, weight, bias)
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"version {n}")
+        print(f"B={B} C={C} OC={OC} float32: all results match. Starting benchmarks.")
+        benchmark({n: (lambda n=n: KERNELS[n](got, inp, weight, bias)) for n in numbers},
+                  lambda: ops.linear_relu_forward(want, inp, weight, bias), load, flops=2 * B * C * OC)
+
+
+if __name__ == "__main__":
+    main()
