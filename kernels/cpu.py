@@ -11,19 +11,30 @@ sum runs in a fixed order inside one iteration, so results are bitwise identical
 any thread count. Kernels allocate nothing: the model owns every buffer and passes views (a partial
 last batch is `buf[:n]`, still C-contiguous). They do not validate either; the model does, once.
 
-Where the time goes, and the trick: the first layer's forward and weight gradient are ~98% of the
-FLOPs, and their input (MNIST pixels) is 81% exact zeros, as is about half of every ReLU output. The
-matmuls skip exact zeros of their sparse operand: the same sums with a fraction of the work. (Skipping
-instead of adding 0 * w differs from the dense product only when a weight is inf or NaN.) The
+Where the time goes: the first layer's forward and weight gradient are ~98% of the FLOPs. Numba
+cannot keep a tile of outputs in vector registers for them (LLVM vectorises these loops along OC with
+the accumulator in memory), so the kernels win by doing less work instead: MNIST pixels are 81% exact
+zeros, in runs along each row, and the matmuls skip them (sparse rows only; for ReLU outputs, ~50%
+zeros scattered at random, the mispredicted branches would cost more than the skipped FMAs). Skipping
+instead of adding 0 * w differs from the dense product only where a weight or gradient is inf or NaN.
+train_step also fuses each weight gradient with its SGD update, and computes the narrow last layer
+(K = 10 classes, shorter than a vector register) in dot-product form from transposed copies. The
 numbered versions that led here are in kernels/linear_forward.py and kernels/linear_backward.py.
 
 Every jitted function that train_step calls lives in this module: numba's cache does not notice a
 changed jitted callee in another file (numba PR #8396), so a split module would run stale code.
 """
+import numba
 import numpy as np
 from numba import njit, prange
 
-from kernels.config import DWEIGHT_ROWS, FASTMATH, NARROW_MAX, SGD_CHUNK, SPARSE_MAX_DENSITY
+from kernels.config import DWEIGHT_ROWS, FASTMATH, NARROW_MAX, SGD_CHUNK
+
+# Start Numba's thread pool now. train_step and forward are cached serial functions that call parallel
+# kernels; when one was compiled while its kernels came from the cache, its own cache entry misses the
+# hook that starts the pool on loading, and its first parallel kernel then segfaults (seen here, numba
+# 0.68; the family of numba issue #8578).
+numba.get_num_threads()
 
 # Memory: the model's buffers are host NumPy arrays, exactly as for the NumPy reference.
 empty = np.empty
@@ -48,67 +59,76 @@ def gather_batch(inp, targets, images, labels, indices, scale):
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _linear_row(out, inp, weight, bias, b):
-    """out[b] (OC) = inp[b] (C) @ weight (C, OC) + bias (OC).
+def _linear_two_rows(out, inp, weight, b, c0, c1):
+    """out[b:b+2] (2, OC) += inp[b:b+2, c0:c1] (2, c1 - c0) @ weight[c0:c1] (c1 - c0, OC).
 
-    Row (axpy) form: out[b] += inp[b, k] * weight[k] is a contiguous update that vectorises along
-    OC. Its cost is the load and store of out[b] around the FMAs, so several rows of weight are
-    added per pass over out[b]: four in the dense path, two nonzero ones in the sparse path.
+    A 2 x 4 register block: two batch rows take four rows of weight per pass, so each loaded chunk of
+    weight feeds two FMAs and each load and store of out feeds four (the row form alone, one FMA per
+    load and store of out, is bound by those memory accesses). A block whose 8 inputs are all exactly
+    0 is skipped: most of them for MNIST pixels (81% zeros, in runs along rows), few for ReLU outputs.
     """
-    C = inp.shape[1]
     OC = weight.shape[1]
-    for j in range(OC):
-        out[b, j] = bias[j]
-    nonzeros = 0
-    for k in range(C):
-        nonzeros += inp[b, k] != 0
-    # Skipping zeros pays when they dominate (MNIST pixels: 81%, in runs along a row); with ReLU
-    # outputs (~50%, scattered) the mispredicted branches cost more than the FMAs they save.
-    if nonzeros <= C * SPARSE_MAX_DENSITY:
-        k1 = -1  # a nonzero input waiting for its partner
-        for k in range(C):
-            x = inp[b, k]
-            if x != 0:
-                if k1 < 0:
-                    k1 = k
-                else:
-                    x1 = inp[b, k1]
-                    for j in range(OC):
-                        out[b, j] = out[b, j] + x1 * weight[k1, j] + x * weight[k, j]
-                    k1 = -1
-        if k1 >= 0:
-            x1 = inp[b, k1]
+    for k in range(c0, c1 - 3, 4):
+        x0, x1, x2, x3 = inp[b, k], inp[b, k + 1], inp[b, k + 2], inp[b, k + 3]
+        y0, y1, y2, y3 = inp[b + 1, k], inp[b + 1, k + 1], inp[b + 1, k + 2], inp[b + 1, k + 3]
+        # one branch, not eight (LLVM turns `x0 != 0 or ...` into a chain of branches): a sum of
+        # absolute values is 0 only when all are, and NaN inputs still go through
+        if abs(x0) + abs(x1) + abs(x2) + abs(x3) + abs(y0) + abs(y1) + abs(y2) + abs(y3) != 0:
             for j in range(OC):
-                out[b, j] += x1 * weight[k1, j]
-    else:
-        for k in range(0, C - 3, 4):
-            x0, x1, x2, x3 = inp[b, k], inp[b, k + 1], inp[b, k + 2], inp[b, k + 3]
-            for j in range(OC):
-                out[b, j] = (out[b, j] + x0 * weight[k, j] + x1 * weight[k + 1, j]
-                             + x2 * weight[k + 2, j] + x3 * weight[k + 3, j])
-        for k in range(C - C % 4, C):
-            x = inp[b, k]
-            for j in range(OC):
+                w0, w1, w2, w3 = weight[k, j], weight[k + 1, j], weight[k + 2, j], weight[k + 3, j]
+                out[b, j] = out[b, j] + x0 * w0 + x1 * w1 + x2 * w2 + x3 * w3
+                out[b + 1, j] = out[b + 1, j] + y0 * w0 + y1 * w1 + y2 * w2 + y3 * w3
+    for k in range(c1 - (c1 - c0) % 4, c1):
+        x, y = inp[b, k], inp[b + 1, k]
+        for j in range(OC):
+            out[b, j] += x * weight[k, j]
+            out[b + 1, j] += y * weight[k, j]
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _linear_one_row(out, inp, weight, b, c0, c1):
+    """out[b] (OC) += inp[b, c0:c1] @ weight[c0:c1]: the last row of an odd batch."""
+    for k in range(c0, c1):
+        x = inp[b, k]
+        if x != 0:
+            for j in range(weight.shape[1]):
                 out[b, j] += x * weight[k, j]
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _linear_rows(out, inp, weight, bias, b, c0, c1, with_bias):
+    """out[b:b+2] = inp[b:b+2, c0:c1] @ weight[c0:c1] (+ bias if with_bias); only row b if it is the last."""
+    rows = min(2, inp.shape[0] - b)
+    for r in range(b, b + rows):
+        for j in range(weight.shape[1]):
+            out[r, j] = bias[j] if with_bias else 0
+    if rows == 2:
+        _linear_two_rows(out, inp, weight, b, c0, c1)  # (2, OC)
+    else:
+        _linear_one_row(out, inp, weight, b, c0, c1)  # (OC,)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def linear_forward(out, inp, weight, bias):
     """out (B, OC) = inp (B, C) @ weight (C, OC) + bias (OC)."""
-    # prange over batch rows: iteration b owns out[b]
-    for b in prange(inp.shape[0]):
-        _linear_row(out, inp, weight, bias, b)  # (OC,)
+    C = inp.shape[1]
+    # prange over pairs of batch rows: task t owns out[2t:2t+2]
+    for t in prange((inp.shape[0] + 1) // 2):
+        _linear_rows(out, inp, weight, bias, 2 * t, 0, C, True)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def linear_relu_forward(out, inp, weight, bias):
     """out (B, OC) = relu(inp (B, C) @ weight (C, OC) + bias (OC)): a hidden layer, ReLU in the epilogue."""
-    # prange over batch rows: iteration b owns out[b], and applies the ReLU while the row is in L1
-    for b in prange(inp.shape[0]):
-        _linear_row(out, inp, weight, bias, b)  # (OC,)
-        for j in range(out.shape[1]):
-            if out[b, j] < 0:  # a comparison, not max(): NaN stays NaN, as with np.maximum
-                out[b, j] = 0
+    B, C = inp.shape
+    OC = out.shape[1]
+    # prange over pairs of batch rows: task t owns out[2t:2t+2], and applies the ReLU while in L1
+    for t in prange((B + 1) // 2):
+        _linear_rows(out, inp, weight, bias, 2 * t, 0, C, True)
+        for b in range(2 * t, min(2 * t + 2, B)):
+            for j in range(OC):
+                if out[b, j] < 0:  # a comparison, not max(): NaN stays NaN, as with np.maximum
+                    out[b, j] = 0
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -191,12 +211,12 @@ def softmax_cross_entropy(dlogits, logits, targets):
 
 @njit(fastmath=FASTMATH, cache=True)
 def _dweight_rows(dweight, dout, inp, c0, c1):
-    """dweight[c0:c1] (c1 - c0, OC) = inp[:, c0:c1].T @ dout (B, OC), batch rows in fixed order.
+    """dweight[c0:c1] (c1 - c0, OC) = inp[:, c0:c1].T @ dout (B, OC), batch rows added in order.
 
-    Batch rows are taken four at a time (one pass over dweight[c] adds four rows of dout), and a
-    group whose four inputs are all exactly 0 is skipped: with MNIST pixels that is most groups.
-    Looping over b outside c reads inp along its rows, where zeros come in runs the branch predictor
-    follows; down a column they are scattered.
+    A 4 x 2 register block: four batch rows go into two rows of dweight per pass, so each loaded
+    chunk of dout feeds two FMAs and each load and store of dweight feeds four. A block whose 8
+    inputs are all exactly 0 is skipped. Batch rows run outside pixels: inp is read along its rows,
+    where MNIST's zeros come in runs the branch predictor follows (down a column they are scattered).
     """
     B = inp.shape[0]
     OC = dout.shape[1]
@@ -204,15 +224,20 @@ def _dweight_rows(dweight, dout, inp, c0, c1):
         for j in range(OC):
             dweight[c, j] = 0
     for b in range(0, B - 3, 4):
-        for c in range(c0, c1):
+        for c in range(c0, c1 - 1, 2):
             x0, x1, x2, x3 = inp[b, c], inp[b + 1, c], inp[b + 2, c], inp[b + 3, c]
-            # one branch, not four (LLVM turns `x0 != 0 or ...` into a chain of branches); a sum of
-            # absolute values is 0 only when all four are, and NaN != 0 keeps NaN inputs
-            if abs(x0) + abs(x1) + abs(x2) + abs(x3) != 0:
+            y0, y1, y2, y3 = inp[b, c + 1], inp[b + 1, c + 1], inp[b + 2, c + 1], inp[b + 3, c + 1]
+            if abs(x0) + abs(x1) + abs(x2) + abs(x3) + abs(y0) + abs(y1) + abs(y2) + abs(y3) != 0:  # see _linear_two_rows
                 for j in range(OC):
-                    dweight[c, j] = (dweight[c, j] + x0 * dout[b, j] + x1 * dout[b + 1, j]
-                                     + x2 * dout[b + 2, j] + x3 * dout[b + 3, j])
-    for b in range(B - B % 4, B):
+                    d0, d1, d2, d3 = dout[b, j], dout[b + 1, j], dout[b + 2, j], dout[b + 3, j]
+                    dweight[c, j] = dweight[c, j] + x0 * d0 + x1 * d1 + x2 * d2 + x3 * d3
+                    dweight[c + 1, j] = dweight[c + 1, j] + y0 * d0 + y1 * d1 + y2 * d2 + y3 * d3
+        if (c1 - c0) % 2:  # an odd last row of dweight
+            c = c1 - 1
+            x0, x1, x2, x3 = inp[b, c], inp[b + 1, c], inp[b + 2, c], inp[b + 3, c]
+            for j in range(OC):
+                dweight[c, j] = dweight[c, j] + x0 * dout[b, j] + x1 * dout[b + 1, j] + x2 * dout[b + 2, j] + x3 * dout[b + 3, j]
+    for b in range(B - B % 4, B):  # the last B % 4 batch rows
         for c in range(c0, c1):
             x = inp[b, c]
             if x != 0:
@@ -294,6 +319,45 @@ def sgd_update(param, grad, velocity, lr, momentum, weight_decay):
         _sgd_span(param_flat[chunk], grad_flat[chunk], velocity_flat[chunk], rate, mom, decay)
 
 
+# ---- train_step's hidden layers: each core keeps to one half of every weight matrix -------------
+# In train_step the work on a hidden layer is split into two halves of its input features C: the
+# forward sums each half separately (the two partial sums are added at the end), and the backward
+# gives each half's rows of dweight, weight and velocity to the same core. Split by batch rows, both
+# cores would read all of weight in the forward, one would then write half of it in the update, and
+# those cache lines would move between the cores every step (measured: 1.1-2.5x slower steps).
+# The two halves are fixed, whatever the thread count, so results stay bitwise reproducible.
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _half(C, h):
+    """The feature range [c0, c1) of half h (0 or 1) of C features, split at a block of DWEIGHT_ROWS."""
+    blocks = (C + DWEIGHT_ROWS - 1) // DWEIGHT_ROWS
+    split = min((blocks + 1) // 2 * DWEIGHT_ROWS, C)
+    if h == 0:
+        return 0, split
+    return split, C
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _linear_relu_forward_halves(out, partial, inp, weight, bias):
+    """linear_relu_forward, its sum over C split in two halves; partial (B, OC) is borrowed scratch."""
+    B, C = inp.shape
+    OC = out.shape[1]
+    # prange over the two halves of C: half 0 sums into out (from the bias), half 1 into partial
+    for h in prange(2):
+        c0, c1 = _half(C, h)
+        for b in range(0, B, 2):
+            if h == 0:
+                _linear_rows(out, inp, weight, bias, b, c0, c1, True)  # (2, OC)
+            else:
+                _linear_rows(partial, inp, weight, bias, b, c0, c1, False)  # (2, OC)
+    # prange over batch rows: iteration b owns out[b]
+    for b in prange(B):
+        for j in range(OC):
+            total = out[b, j] + partial[b, j]
+            out[b, j] = 0 if total < 0 else total  # (B, OC), NaN stays NaN
+
+
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _linear_backward_sgd(weight, bias, dweight, dbias, velocity_w, velocity_b, dout, inp, lr, momentum, weight_decay):
     """linear_backward, then sgd_update of weight and bias, fused (train_step's backward for one layer).
@@ -303,13 +367,15 @@ def _linear_backward_sgd(weight, bias, dweight, dbias, velocity_w, velocity_b, d
     """
     C = dweight.shape[0]
     rate, mom, decay = weight.dtype.type(lr), weight.dtype.type(momentum), weight.dtype.type(weight_decay)
-    # prange over blocks of DWEIGHT_ROWS rows: iteration i owns those rows of dweight, weight, velocity_w
-    for i in prange((C + DWEIGHT_ROWS - 1) // DWEIGHT_ROWS):
-        c0 = i * DWEIGHT_ROWS
-        c1 = min(c0 + DWEIGHT_ROWS, C)
-        _dweight_rows(dweight, dout, inp, c0, c1)  # (c1 - c0, OC)
-        for c in range(c0, c1):
-            _sgd_span(weight[c], dweight[c], velocity_w[c], rate, mom, decay)  # row views: (OC,)
+    # prange over the two halves of C, as in the forward: half h owns those rows of dweight, weight
+    # and velocity_w, in blocks of DWEIGHT_ROWS that stay in L1 while the batch is added in row order
+    for h in prange(2):
+        c0, c1 = _half(C, h)
+        for r0 in range(c0, c1, DWEIGHT_ROWS):
+            r1 = min(r0 + DWEIGHT_ROWS, c1)
+            _dweight_rows(dweight, dout, inp, r0, r1)  # (r1 - r0, OC)
+            for c in range(r0, r1):
+                _sgd_span(weight[c], dweight[c], velocity_w[c], rate, mom, decay)  # row views: (OC,)
     _dbias(dbias, dout)  # (OC,)
     _sgd_span(bias, dbias, velocity_b, rate, mom, decay)  # OC biases: serial
 
@@ -437,8 +503,8 @@ def train_step(weights, biases, dweights, dbiases, velocities_w, velocities_b,
     # dacts[last] until the input gradient is. A single layer has no dacts; B < K leaves it too small.
     narrow = K <= NARROW_MAX and L > 1 and B >= K
     gather_batch(acts[0], targets, images, labels, indices, scale)  # (B, C_0), (B,)
-    for l in range(last):
-        linear_relu_forward(acts[l + 1], acts[l], weights[l], biases[l])  # (B, C_l+1)
+    for l in range(last):  # dacts[l + 1] is free until the backward: scratch for one half's sums
+        _linear_relu_forward_halves(acts[l + 1], dacts[l + 1], acts[l], weights[l], biases[l])  # (B, C_l+1)
     if narrow:
         weight_t = dweights[last].reshape((K, weights[last].shape[0]))
         _narrow_forward(acts[L], acts[last], weights[last], biases[last], weight_t)  # (B, K)

@@ -10,9 +10,10 @@ over C, so each parallel task owns whole rows of dweight and adds the batch in r
     2  row (axpy) form per row c: dweight[c] += inp[b, c] * dout[b], vectorised along OC
     3  as 2, skipping exact zeros of inp; but inp[:, c] is a column, where zeros are scattered
        across samples: the branch mispredicts often
-    4  blocks of 16 rows of dweight per task, batch rows outside pixels (inp read along its rows,
-       where zeros come in runs), four batch rows per pass over dweight[c], all-zero groups of
-       four skipped (kernels.cpu.linear_backward)
+    4  blocks of rows of dweight per task with batch rows outside pixels (inp read along its rows,
+       where zeros come in runs), four batch rows per pass over dweight[c], all-zero groups skipped
+    5  4 x 2 register block: four batch rows go into two rows of dweight per pass, so each chunk of
+       dout feeds two FMAs (kernels.cpu.linear_backward)
 GFLOP/s count dense FLOPs (2 B C OC), so the sparse versions show an effective rate.
 """
 import sys
@@ -81,11 +82,37 @@ def linear_backward3(dweight, dbias, dout, inp):
     _dbias(dbias, dout)
 
 
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def linear_backward4(dweight, dbias, dout, inp):
+    B, C = inp.shape
+    OC = dout.shape[1]
+    rows = 16
+    # prange over blocks of 16 rows of dweight: iteration i owns them
+    for i in prange((C + rows - 1) // rows):
+        c0, c1 = i * rows, min(i * rows + rows, C)
+        for c in range(c0, c1):
+            for j in range(OC):
+                dweight[c, j] = 0
+        for b in range(0, B - 3, 4):
+            for c in range(c0, c1):
+                x0, x1, x2, x3 = inp[b, c], inp[b + 1, c], inp[b + 2, c], inp[b + 3, c]
+                if abs(x0) + abs(x1) + abs(x2) + abs(x3) != 0:  # one branch for the four
+                    for j in range(OC):
+                        dweight[c, j] = (dweight[c, j] + x0 * dout[b, j] + x1 * dout[b + 1, j]
+                                         + x2 * dout[b + 2, j] + x3 * dout[b + 3, j])
+        for b in range(B - B % 4, B):
+            for c in range(c0, c1):
+                for j in range(OC):
+                    dweight[c, j] += inp[b, c] * dout[b, j]
+    _dbias(dbias, dout)
+
+
 KERNELS = {
     1: linear_backward1,
     2: linear_backward2,
     3: linear_backward3,
-    4: cpu.linear_backward,
+    4: linear_backward4,
+    5: cpu.linear_backward,
 }
 
 
