@@ -11,15 +11,16 @@ sum runs in a fixed order inside one iteration, so results are bitwise identical
 any thread count. Kernels allocate nothing: the model owns every buffer and passes views (a partial
 last batch is `buf[:n]`, still C-contiguous). They do not validate either; the model does, once.
 
-Where the time goes: the first layer's forward and weight gradient are ~98% of the FLOPs. Numba
-cannot keep a tile of outputs in vector registers for them (LLVM vectorises these loops along OC with
-the accumulator in memory), so the kernels win by doing less work instead: MNIST pixels are 81% exact
-zeros, in runs along each row, and the matmuls skip them (sparse rows only; for ReLU outputs, ~50%
-zeros scattered at random, the mispredicted branches would cost more than the skipped FMAs). Skipping
-instead of adding 0 * w differs from the dense product only where a weight or gradient is inf or NaN.
-train_step also fuses each weight gradient with its SGD update, and computes the narrow last layer
-(K = 10 classes, shorter than a vector register) in dot-product form from transposed copies. The
-numbered versions that led here are in kernels/linear_forward.py and kernels/linear_backward.py.
+Where the time goes: the first layer's forward and weight gradient are ~98% of the FLOPs. LLVM
+vectorises their loops along OC with the accumulator in memory (Numba has no vector registers to hold
+a tile of outputs), so the kernels hold small register blocks in scalars instead (2 x 4 in the forward,
+4 x 2 in the weight gradient) and do less work: MNIST pixels are 81% exact zeros, in runs along each
+row, and a block whose inputs are all exactly 0 is skipped with one branch. (Skipping instead of adding
+0 * w differs from the dense product only where a weight or gradient is inf or NaN.) train_step also
+fuses each weight gradient with its SGD update, gives each core a fixed half of every hidden layer's
+weights, and computes the narrow last layer (K = 10 classes, shorter than a vector register) in
+dot-product form from transposed copies. The numbered versions that led here are in
+kernels/linear_forward.py and kernels/linear_backward.py.
 
 Every jitted function that train_step calls lives in this module: numba's cache does not notice a
 changed jitted callee in another file (numba PR #8396), so a split module would run stale code.
@@ -99,9 +100,10 @@ def _linear_one_row(out, inp, weight, b, c0, c1):
 def _linear_rows(out, inp, weight, bias, b, c0, c1, with_bias):
     """out[b:b+2] = inp[b:b+2, c0:c1] @ weight[c0:c1] (+ bias if with_bias); only row b if it is the last."""
     rows = min(2, inp.shape[0] - b)
+    zero = out.dtype.type(0)
     for r in range(b, b + rows):
         for j in range(weight.shape[1]):
-            out[r, j] = bias[j] if with_bias else 0
+            out[r, j] = bias[j] if with_bias else zero
     if rows == 2:
         _linear_two_rows(out, inp, weight, b, c0, c1)  # (2, OC)
     else:
@@ -227,7 +229,8 @@ def _dweight_rows(dweight, dout, inp, c0, c1):
         for c in range(c0, c1 - 1, 2):
             x0, x1, x2, x3 = inp[b, c], inp[b + 1, c], inp[b + 2, c], inp[b + 3, c]
             y0, y1, y2, y3 = inp[b, c + 1], inp[b + 1, c + 1], inp[b + 2, c + 1], inp[b + 3, c + 1]
-            if abs(x0) + abs(x1) + abs(x2) + abs(x3) + abs(y0) + abs(y1) + abs(y2) + abs(y3) != 0:  # see _linear_two_rows
+            # one branch for the block, as in _linear_two_rows
+            if abs(x0) + abs(x1) + abs(x2) + abs(x3) + abs(y0) + abs(y1) + abs(y2) + abs(y3) != 0:
                 for j in range(OC):
                     d0, d1, d2, d3 = dout[b, j], dout[b + 1, j], dout[b + 2, j], dout[b + 3, j]
                     dweight[c, j] = dweight[c, j] + x0 * d0 + x1 * d1 + x2 * d2 + x3 * d3
@@ -236,7 +239,8 @@ def _dweight_rows(dweight, dout, inp, c0, c1):
             c = c1 - 1
             x0, x1, x2, x3 = inp[b, c], inp[b + 1, c], inp[b + 2, c], inp[b + 3, c]
             for j in range(OC):
-                dweight[c, j] = dweight[c, j] + x0 * dout[b, j] + x1 * dout[b + 1, j] + x2 * dout[b + 2, j] + x3 * dout[b + 3, j]
+                dweight[c, j] = (dweight[c, j] + x0 * dout[b, j] + x1 * dout[b + 1, j]
+                                 + x2 * dout[b + 2, j] + x3 * dout[b + 3, j])
     for b in range(B - B % 4, B):  # the last B % 4 batch rows
         for c in range(c0, c1):
             x = inp[b, c]
@@ -291,14 +295,28 @@ def linear_backward_input(dinp, dout, weight, inp):
 
 
 @njit(fastmath=FASTMATH, cache=True)
+def _sgd_step(param, grad, velocity, lr, momentum, weight_decay):
+    """One parameter's SGD step: returns its new (param, velocity). Scalars in the arrays' dtype."""
+    if weight_decay != 0:  # as the reference: no 0 * param term, so an inf weight stays inf
+        grad += weight_decay * param
+    velocity = momentum * velocity + grad
+    return param - lr * velocity, velocity
+
+
+@njit(fastmath=FASTMATH, cache=True)
 def _sgd_span(param, grad, velocity, lr, momentum, weight_decay):
-    """sgd_update of 1-D arrays (a row, a chunk), serially; the scalars already have the arrays' dtype."""
+    """sgd_update of 1-D arrays (a chunk, a bias), serially."""
     for i in range(param.size):
-        g = grad[i]
-        if weight_decay != 0:  # as the reference: no 0 * param term, so an inf weight stays inf
-            g += weight_decay * param[i]
-        velocity[i] = momentum * velocity[i] + g
-        param[i] -= lr * velocity[i]
+        param[i], velocity[i] = _sgd_step(param[i], grad[i], velocity[i], lr, momentum, weight_decay)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _sgd_rows(param, grad, velocity, r0, r1, lr, momentum, weight_decay):
+    """sgd_update of rows r0:r1 of 2-D arrays, indexed in place (a view per row costs more than a row)."""
+    for r in range(r0, r1):
+        for i in range(param.shape[1]):
+            param[r, i], velocity[r, i] = _sgd_step(param[r, i], grad[r, i], velocity[r, i],
+                                                    lr, momentum, weight_decay)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -324,7 +342,7 @@ def sgd_update(param, grad, velocity, lr, momentum, weight_decay):
 # forward sums each half separately (the two partial sums are added at the end), and the backward
 # gives each half's rows of dweight, weight and velocity to the same core. Split by batch rows, both
 # cores would read all of weight in the forward, one would then write half of it in the update, and
-# those cache lines would move between the cores every step (measured: 1.1-2.5x slower steps).
+# those cache lines would move between the cores every step (measured: steps 10-15% slower).
 # The two halves are fixed, whatever the thread count, so results stay bitwise reproducible.
 
 
@@ -359,7 +377,8 @@ def _linear_relu_forward_halves(out, partial, inp, weight, bias):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _linear_backward_sgd(weight, bias, dweight, dbias, velocity_w, velocity_b, dout, inp, lr, momentum, weight_decay):
+def _linear_backward_sgd(weight, bias, dweight, dbias, velocity_w, velocity_b, dout, inp,
+                         lr, momentum, weight_decay):
     """linear_backward, then sgd_update of weight and bias, fused (train_step's backward for one layer).
 
     Each block of dweight rows updates its rows of weight and velocity while it is still in L1, instead
@@ -374,8 +393,7 @@ def _linear_backward_sgd(weight, bias, dweight, dbias, velocity_w, velocity_b, d
         for r0 in range(c0, c1, DWEIGHT_ROWS):
             r1 = min(r0 + DWEIGHT_ROWS, c1)
             _dweight_rows(dweight, dout, inp, r0, r1)  # (r1 - r0, OC)
-            for c in range(r0, r1):
-                _sgd_span(weight[c], dweight[c], velocity_w[c], rate, mom, decay)  # row views: (OC,)
+            _sgd_rows(weight, dweight, velocity_w, r0, r1, rate, mom, decay)  # (r1 - r0, OC)
     _dbias(dbias, dout)  # (OC,)
     _sgd_span(bias, dbias, velocity_b, rate, mom, decay)  # OC biases: serial
 

@@ -10,7 +10,8 @@ B = batch size, C = 784 pixels, OC = hidden units; weight is stored (C, OC) as e
     3  as 2, skipping exact zeros of inp (81% of MNIST pixels)
     4  as 3, nonzero inputs in pairs: one load and store of out[b] per two rows of weight
     5  2 x 4 register block: two batch rows take four rows of weight per pass, blocks of 8 zero
-       inputs skipped with one branch (kernels.cpu.linear_relu_forward)
+       inputs skipped with one branch (kernels.cpu.linear_relu_forward; train_step runs the same
+       block on two fixed halves of the pixels, one per core)
 GFLOP/s count dense FLOPs (2 B C OC), so the sparse versions show an effective rate. Only the
 winner lives in kernels/cpu.py; the others import nothing jitted from it (numba's cache would not
 see a changed callee in another file).

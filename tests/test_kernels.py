@@ -208,11 +208,12 @@ def test_partial_batch_views_leave_the_other_rows_alone():
     """The last batch of an epoch is a view buf[:n] of the model's buffers: rows n: stay untouched."""
     rng = np.random.default_rng(12)
     B, n, C, OC = 64, 32, 784, 128
-    out, dinp, dlogits = np.full((B, OC), 7.0, np.float32), np.full((B, C), 7.0, np.float32), np.full((B, 10), 7.0, np.float32)
-    inp, weight, bias = values(rng, (B, C), np.float32, "sparse"), values(rng, (C, OC), np.float32), values(rng, OC, np.float32)
+    out, dinp, dlogits = (np.full(shape, 7.0, np.float32) for shape in [(B, OC), (B, C), (B, 10)])
+    inp, logits = values(rng, (B, C), np.float32, "sparse"), values(rng, (B, 10), np.float32)
+    weight, bias = values(rng, (C, OC), np.float32), values(rng, OC, np.float32)
     cpu.linear_relu_forward(out[:n], inp[:n], weight, bias)
     cpu.linear_backward_input(dinp[:n], out[:n], weight, inp[:n])
-    cpu.softmax_cross_entropy(dlogits[:n], out[:n, :10], np.zeros(n, np.int64))
+    cpu.softmax_cross_entropy(dlogits[:n], logits[:n], np.zeros(n, np.int64))
     for buffer in (out, dinp, dlogits):
         assert np.all(buffer[n:] == 7.0) and not np.any(buffer[:n] == 7.0)
 
@@ -265,7 +266,8 @@ def test_matmuls_on_drawn_shapes(case):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 300), st.integers(1, 12), st.sampled_from(DTYPES), st.floats(0.01, 50), st.integers(0, 2**32 - 1))
+@given(B=st.integers(1, 300), K=st.integers(1, 12), dtype=st.sampled_from(DTYPES), spread=st.floats(0.01, 50),
+       seed=st.integers(0, 2**32 - 1))
 def test_softmax_cross_entropy_on_drawn_shapes(B, K, dtype, spread, seed):
     rng = np.random.default_rng(seed)
     logits = (rng.standard_normal((B, K)) * spread).astype(dtype)
@@ -339,7 +341,8 @@ def train_weights(batches, threads):
 
 
 def test_train_step_is_bitwise_deterministic(batches):
-    first, again = train_weights(batches, numba.config.NUMBA_NUM_THREADS), train_weights(batches, numba.config.NUMBA_NUM_THREADS)
+    all_threads = numba.config.NUMBA_NUM_THREADS
+    first, again = train_weights(batches, all_threads), train_weights(batches, all_threads)
     one_thread = train_weights(batches, 1)
     for a, b, c in zip(first, again, one_thread):
         np.testing.assert_array_equal(a, b)
