@@ -25,6 +25,19 @@ def mnist_batches(B, n, dtype=np.float32, seed=0):
     return [(images[rng.choice(len(images), B, replace=False)] / 255).astype(dtype) for _ in range(n)]
 
 
+def versions_and_input(argv, kernels, B):
+    """The version numbers asked for on the command line (all by default), and an input buffer
+    (B, 784) with load(i) copying MNIST batch i into it."""
+    numbers = [int(argv[0])] if argv else list(kernels)
+    batches = mnist_batches(B, N_BATCHES)
+    inp = batches[0].copy()
+
+    def load(i):
+        inp[:] = batches[i]
+
+    return numbers, inp, load
+
+
 def time_fresh(fn, load):
     """Median seconds of fn() over TIMED_CALLS calls; load(i) puts batch i in place, untimed, first."""
     seconds = []

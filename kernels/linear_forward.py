@@ -24,7 +24,7 @@ from numba import njit, prange
 from fastnn import ops
 from kernels import cpu
 from kernels.config import FASTMATH
-from kernels.harness import N_BATCHES, benchmark, mnist_batches
+from kernels.harness import N_BATCHES, benchmark, versions_and_input
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -114,13 +114,8 @@ KERNELS = {
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    numbers = [int(argv[0])] if argv else list(KERNELS)
     B, C = 64, 784
-    batches = mnist_batches(B, N_BATCHES)
-    inp = batches[0].copy()
-
-    def load(i):
-        inp[:] = batches[i]
+    numbers, inp, load = versions_and_input(argv, KERNELS, B)
 
     for OC in (128, 512):
         rng = np.random.default_rng(OC)
