@@ -101,7 +101,7 @@ def train_buffers(ops, sizes, B, seed=42):
         velocities_w=tuple(ops.to_device(np.zeros(w.shape, np.float32)) for w in weights),
         velocities_b=tuple(ops.to_device(np.zeros(b.shape, np.float32)) for b in biases),
         acts=tuple(ops.empty((B, c), np.float32) for c in sizes),
-        dacts=(ops.empty((0, 0), np.float32),) + tuple(ops.empty((B, c), np.float32) for c in sizes[1:-1]),
+        dacts=tuple(ops.empty((B, c), np.float32) for c in sizes[:-1]),  # dacts[0]: scratch
         dlogits=ops.empty((B, sizes[-1]), np.float32),
         targets=ops.empty(B, np.int64))
 

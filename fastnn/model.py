@@ -216,8 +216,9 @@ class MLP:
     def _step_buffers(self, B, n_classes):
         """(acts, dacts, dlogits, targets) for batches of B rows: train_step's working memory."""
         acts = self._activations(B)
-        # no gradient is needed for the pixels (dacts[0] is a placeholder) nor kept for the logits
-        dacts = (self._ops.empty((0, 0), self.dtype),) + self._activations(B)[1:-1]
+        # no gradient is needed for the pixels, so dacts[0] is the backend's scratch memory, nor kept
+        # for the logits
+        dacts = self._activations(B)[:-1]
         return acts, dacts, self._ops.empty((B, n_classes), self.dtype), self._ops.empty(B, np.int64)
 
     def _train_epoch(self, epoch, data, order, batches, lrs, progress):
@@ -329,7 +330,7 @@ class MLP:
 
 
 def _first_rows(buffers, rows):
-    """The same step buffers, viewing only their first `rows` rows (dacts[0] is a placeholder)."""
+    """The same step buffers, viewing only their first `rows` rows (dacts[0], scratch, stays whole)."""
     acts, dacts, dlogits, targets = buffers
     return (tuple(a[:rows] for a in acts), dacts[:1] + tuple(d[:rows] for d in dacts[1:]),
             dlogits[:rows], targets[:rows])

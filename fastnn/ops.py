@@ -123,8 +123,9 @@ def train_step(weights, biases, dweights, dbiases, velocities_w, velocities_b,
     L layers; weights[l] (C_l, C_l+1), biases[l] (C_l+1,), and their gradients and velocities alike.
     acts[0] (B, C_0) is the gathered input, acts[l] (B, C_l) the ReLU output of hidden layer l, and
     acts[L] (B, K) the logits; dacts[l] (B, C_l) for 1 <= l < L holds the gradient into hidden layer l's
-    pre-activation (dacts[0] is unused: pixels need no gradient). dlogits (B, K), targets (B,).
-    All arrays are views of the model's buffers sized to this batch; nothing is allocated here.
+    pre-activation. Pixels need no gradient: dacts[0] (B, C_0) is scratch memory a fast backend may
+    use (this reference does not), kept whole for a partial batch. dlogits (B, K), targets (B,).
+    The others are views of the model's buffers sized to this batch; nothing is allocated here.
     """
     L = len(weights)
     gather_batch(acts[0], targets, images, labels, indices, scale)

@@ -6,7 +6,7 @@ Dimension letters: B = batch rows, C = input features, OC = output features, K =
 
 Memory. The model owns every buffer and makes them with this module's `empty(shape, dtype)`
 (uninitialised device array), `to_device(array)` (a copy on the GPU) and `to_host(array)` (a NumPy
-copy back): weights, biases, their gradients and velocities, acts, dacts (dacts[0] may be (0, 0)),
+copy back): weights, biases, their gradients and velocities, acts, dacts (dacts[0] is scratch, unused here),
 dlogits, targets (int64), the dataset's images (N, C) uint8 or float and labels (N,) int64, and each
 epoch's shuffled row indices (int64). The kernels allocate nothing per step.
 

@@ -56,7 +56,7 @@ def compile_all(cc=(9, 0), out=None):
             return rng.standard_normal(shape).astype(dtype)
 
         weights, biases = [f(C, H), f(H, K)], [f(H), f(K)]
-        acts, dacts, dlogits = [f(B, C), f(B, H), f(B, K)], [np.empty((0, 0), dtype), f(B, H)], f(B, K)
+        acts, dacts, dlogits = [f(B, C), f(B, H), f(B, K)], [f(B, C), f(B, H)], f(B, K)
         targets, labels = np.zeros(B, np.int64), np.zeros(N, np.int64)
         images = rng.integers(0, 256, (N, C), np.uint8)
         state = dict(weights=weights, biases=biases, dweights=[w.copy() for w in weights],

@@ -15,6 +15,11 @@ over C, so each parallel task owns whole rows of dweight and adds the batch in r
     5  4 x 2 register block: four batch rows go into two rows of dweight per pass, so each chunk of
        dout feeds two FMAs (kernels.cpu.linear_backward)
 GFLOP/s count dense FLOPs (2 B C OC), so the sparse versions show an effective rate.
+
+Tried and not kept: listing each column's nonzero batch rows first (a branch-free compaction into
+scratch), then adding them four per pass. It does 19% of the dense FMAs instead of 5's 42%, but the
+compaction reads inp down its columns (~12 us a step), and inside train_step it measured 0-3% slower
+than 5 (interleaved runs, B=64, OC=128).
 """
 import sys
 

@@ -89,3 +89,18 @@ def test_bad_image_and_bad_weights_give_one_clear_line(trained_run, tmp_path):
     np.savez(tmp_path / "w.npz", W1=np.zeros((3, 2)))
     with pytest.raises(SystemExit, match="expected arrays"):
         evaluate.main([str(tmp_path / "w.npz")])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_divergence_stops_with_one_line_and_leaves_earlier_weights_whole(trained_run, tmp_path, backend):
+    """A run that diverges exits with a clear line and never touches the weights file already in --out."""
+    out, _ = trained_run
+    run = tmp_path / backend
+    run.mkdir()
+    before = (out / "weights.npz").read_bytes()
+    (run / "weights.npz").write_bytes(before)
+    with pytest.raises(SystemExit, match="training diverged at epoch 1.*lower the learning rate"):
+        train.main(["--backend", backend, "--limit", "300", "--epochs", "1", "--hidden", "32", "--lr", "1e4",
+                    "--out", str(run)])
+    assert (run / "weights.npz").read_bytes() == before
+    assert sorted(p.name for p in run.iterdir()) == ["weights.npz"]  # no temp file left behind

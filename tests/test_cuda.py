@@ -200,7 +200,7 @@ class Training:
             "dweights": [nans(w.shape, dtype) for w in weights], "dbiases": [nans(b.shape, dtype) for b in biases],
             "velocities_w": [np.zeros_like(w) for w in weights], "velocities_b": [np.zeros_like(b) for b in biases],
             "acts": [nans((B, c), dtype) for c in sizes],
-            "dacts": [np.empty((0, 0), dtype)] + [nans((B, c), dtype) for c in sizes[1:-1]],
+            "dacts": [nans((B, c), dtype) for c in sizes[:-1]],  # dacts[0]: scratch
             "dlogits": nans((B, sizes[-1]), dtype), "targets": np.zeros(B, np.int64),
             "images": rng.integers(0, 256, (N, sizes[0]), np.uint8), "labels": rng.integers(0, sizes[-1], N),
         }

@@ -292,7 +292,7 @@ class Trainer:
         self.params = [weights, biases, clone(weights), clone(biases),
                        tuple(np.zeros_like(w) for w in weights), tuple(np.zeros_like(b) for b in biases)]
         self.acts = tuple(np.empty((B, c), dtype) for c in sizes)
-        self.dacts = (np.empty((0, 0), dtype),) + tuple(np.empty((B, c), dtype) for c in sizes[1:-1])
+        self.dacts = tuple(np.empty((B, c), dtype) for c in sizes[:-1])  # dacts[0]: scratch
         self.dlogits, self.targets = np.empty((B, sizes[-1]), dtype), np.empty(B, np.int64)
 
     def step(self, images, labels, indices, lr=0.05, momentum=0.9, weight_decay=1e-4):
@@ -304,8 +304,7 @@ class Trainer:
 
 @pytest.fixture(scope="module")
 def batches(mnist):
-    """Six steps of real MNIST: four full batches of 64, then partial batches of 32 and 7 (views, as in
-    fit; 7 rows are fewer than the 10 classes, which train_step's narrow last layer needs)."""
+    """Six steps of real MNIST: four full batches of 64, then partial batches of 32 and 7 (views, as in fit)."""
     order = np.random.default_rng(11).permutation(len(mnist.train_labels))
     images, labels = mnist.train_images, mnist.train_labels.astype(np.int64)
     return images, labels, [order[i * 64:(i + 1) * 64] for i in range(4)] + [order[256:288], order[288:295]]

@@ -1,6 +1,7 @@
 """The MLP: the seed preset against the original program's formulas, save/load, resume, clear errors."""
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from fastnn.fileio import FastnnError
 from fastnn.model import MLP
@@ -113,12 +114,25 @@ def test_bad_data_is_rejected_clearly():
         MLP().predict(np.zeros((1, 3)))
 
 
-def test_diverging_learning_rate_stops_with_a_clear_message(mnist, tmp_path):
+def test_numba_and_numpy_agree_on_test_accuracy_after_two_epochs(mnist):
+    """The seed preset for 2 epochs on all of MNIST: the backends' float32 sums differ in order only."""
+    accuracy = {}
+    with threadpool_limits(1, user_api="blas"):  # spinning BLAS threads slow Numba's pool (NUMBA.md)
+        for backend in ("numpy", "numba"):
+            model = MLP(hidden=(128,), backend=backend, **dict(SEED_PARAMS, epochs=2))
+            model.fit(mnist.train_images, mnist.train_labels)
+            accuracy[backend] = model.score(mnist.test_images, mnist.test_labels)
+    assert accuracy["numpy"] > 0.9
+    assert abs(accuracy["numba"] - accuracy["numpy"]) <= 0.003, accuracy
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_diverging_learning_rate_stops_with_a_clear_message(mnist, backend):
     X, y = mnist.train_images[:256], mnist.train_labels[:256]
     with pytest.raises(FastnnError, match="training diverged at epoch 1, step .*lower the learning rate"):
-        MLP(hidden=(16,), lr=1e4, epochs=2).fit(X, y, progress=False)
+        MLP(hidden=(16,), lr=1e4, epochs=2, backend=backend).fit(X, y, progress=False)
     with pytest.raises(FastnnError, match=r"training diverged at epoch 2, step 1 \(loss nan\)"):
-        model = MLP(hidden=(16,), epochs=1).fit(X, y)  # weights broken by hand: NaN reaches the loss
+        model = MLP(hidden=(16,), epochs=1, backend=backend).fit(X, y)  # weights broken by hand: NaN reaches the loss
         model.coefs_[0][0, :] = np.nan
         model.fit(X.astype(np.float32) + 1, y, warm_start=True)
 
