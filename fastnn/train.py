@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-from fastnn import plots
 from fastnn.cli import add_common_args, friendly_errors
 from fastnn.data import load_dataset
 from fastnn.fileio import FastnnError, atomic_write
@@ -71,6 +70,8 @@ def build_parser():
     parser.add_argument("--out", metavar="DIR", help="output folder (default: runs/<timestamp>/)")
     parser.add_argument("--resume", metavar="FILE", help="continue training from a saved weights.npz")
     parser.add_argument("--show", action="store_true", help="also open the figures in windows")
+    parser.add_argument("--no-plots", action="store_true",
+                        help="skip the figures (and matplotlib's ~1 s import): weights and history only")
     return parser
 
 
@@ -90,6 +91,8 @@ def main(argv=None):
     config = resolve_config(args)
     if args.limit is not None and args.limit < 1:
         raise FastnnError(f"--limit must be >= 1, got {args.limit}")
+    if args.show and args.no_plots:
+        raise FastnnError("--show needs the figures: drop --no-plots")
     data = load_dataset(args.dataset, data_dir=args.data_dir)
     X, y = data.train_images[:args.limit], data.train_labels[:args.limit]
     out = Path(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
@@ -121,21 +124,25 @@ def main(argv=None):
     model.fit(X, y, data.test_images, data.test_labels, warm_start=bool(args.resume),
               progress=sys.stderr.isatty(), on_epoch=report)
 
-    test_pred = model.predict(data.test_images)
-    probs = model.predict_proba(data.test_images)
+    probs = model.predict_proba(data.test_images)  # (N, K)
+    test_pred = probs.argmax(axis=1)
     accuracy = float((test_pred == data.test_labels).mean())
     model.save(out / "weights.npz")
     with atomic_write(out / "history.json", "w") as f:
         json.dump({"config": {**config, "backend": args.backend, "dataset": args.dataset,
                               "limit": args.limit, "resumed_from": args.resume},
                    "epochs": model.history_}, f, indent=2)
-    figures = [
-        plots.plot_loss_accuracy(out / "loss_accuracy.png", model.history_),
-        plots.plot_confusion_matrix(out / "confusion_matrix.png", data.test_labels, test_pred, data.classes),
-        plots.plot_samples(out / "samples.png", data.test_images, data.test_labels, test_pred,
-                           probs.max(axis=1), data.classes),
-    ]
-    print(f"saved weights, history and figures to {out}/")
+    if not args.no_plots:
+        from fastnn import plots  # matplotlib takes ~1 s to import: only when figures are wanted
+
+        figures = [
+            plots.plot_loss_accuracy(out / "loss_accuracy.png", model.history_),
+            plots.plot_confusion_matrix(out / "confusion_matrix.png", data.test_labels, test_pred, data.classes),
+            plots.plot_samples(out / "samples.png", data.test_images, data.test_labels, test_pred,
+                               probs.max(axis=1), data.classes),
+        ]
+    saved = "weights and history" if args.no_plots else "weights, history and figures"
+    print(f"saved {saved} to {out}/")
     print(f"test accuracy: {accuracy:.2%}")
     if args.show:
         plots.show_figures(figures)

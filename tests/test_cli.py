@@ -104,3 +104,9 @@ def test_divergence_stops_with_one_line_and_leaves_earlier_weights_whole(trained
                     "--out", str(run)])
     assert (run / "weights.npz").read_bytes() == before
     assert sorted(p.name for p in run.iterdir()) == ["weights.npz"]  # no temp file left behind
+
+
+def test_no_plots_writes_weights_and_history_only(tmp_path, capsys):
+    train.main(["--limit", "200", "--epochs", "1", "--hidden", "16", "--no-plots", "--out", str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json", "weights.npz"]
+    assert capsys.readouterr().out.splitlines()[-2] == f"saved weights and history to {tmp_path}/"
