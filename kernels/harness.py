@@ -1,5 +1,6 @@
 """Shared by the numbered-version modules (kernels/linear_forward.py, kernels/linear_backward.py):
-real MNIST batches, and timing that gives every call a fresh batch.
+real MNIST batches, a check of every version against the reference, and timing that gives every call
+a fresh batch.
 
 Fresh data matters: on one repeated batch the branch predictor learns its zero pattern and the
 zero-skipping kernels look 30-50% faster than they run in training.
@@ -23,19 +24,6 @@ def mnist_batches(B, n, dtype=np.float32, seed=0):
         images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 784)
     rng = np.random.default_rng(seed)
     return [(images[rng.choice(len(images), B, replace=False)] / 255).astype(dtype) for _ in range(n)]
-
-
-def versions_and_input(argv, kernels, B):
-    """The version numbers asked for on the command line (all by default), and an input buffer
-    (B, 784) with load(i) copying MNIST batch i into it."""
-    numbers = [int(argv[0])] if argv else list(kernels)
-    batches = mnist_batches(B, N_BATCHES)
-    inp = batches[0].copy()
-
-    def load(i):
-        inp[:] = batches[i]
-
-    return numbers, inp, load
 
 
 def time_fresh(fn, load):
@@ -63,3 +51,35 @@ def benchmark(versions, reference, load, flops):
         for number, fn in versions.items():
             seconds = time_fresh(fn, load)
             print(f"{number:>8} {seconds * 1e6:10.1f} {flops / seconds / 1e9:8.1f} {ref_seconds / seconds:8.2f}x")
+
+
+def check_then_time(argv, kernels, reference, make_inputs, B=64, C=784):
+    """`python -m kernels.<module> [N]`: check version N (all by default) against the reference on
+    every batch, then time it, for a layer of OC = 128 and 512 outputs.
+
+    kernels: {number: kernel(*outputs, *inputs)}; reference: the fastnn.ops op, same signature.
+    make_inputs(rng, inp, OC) -> (output shapes, inputs); inp (B, C) receives each MNIST batch in place.
+    """
+    numbers = [int(argv[0])] if argv else list(kernels)
+    batches = mnist_batches(B, N_BATCHES)
+    inp = batches[0].copy()
+
+    def load(i):
+        inp[:] = batches[i]
+
+    for OC in (128, 512):
+        shapes, inputs = make_inputs(np.random.default_rng(OC), inp, OC)
+        want = [np.empty(shape, np.float32) for shape in shapes]
+        got = [np.empty(shape, np.float32) for shape in shapes]
+        for i in range(N_BATCHES):  # every batch, as timed
+            load(i)
+            reference(*want, *inputs)
+            for n in numbers:
+                for out in got:
+                    out.fill(np.nan)
+                kernels[n](*got, *inputs)
+                for g, w in zip(got, want):
+                    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4, err_msg=f"version {n}")
+        print(f"B={B} C={C} OC={OC} float32: all results match. Starting benchmarks.")
+        benchmark({n: (lambda n=n: kernels[n](*got, *inputs)) for n in numbers},
+                  lambda: reference(*want, *inputs), load, flops=2 * B * C * OC)

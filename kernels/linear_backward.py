@@ -29,7 +29,7 @@ from numba import njit, prange
 from fastnn import ops
 from kernels import cpu
 from kernels.config import FASTMATH
-from kernels.harness import N_BATCHES, benchmark, versions_and_input
+from kernels.harness import check_then_time
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -121,30 +121,13 @@ KERNELS = {
 }
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    B, C = 64, 784
-    numbers, inp, load = versions_and_input(argv, KERNELS, B)
-
-    for OC in (128, 512):
-        rng = np.random.default_rng(OC)
-        # a hidden layer's gradient: about half its entries are zero (the ReLU mask)
-        dout = (rng.standard_normal((B, OC)) * (rng.random((B, OC)) < 0.5) / B).astype(np.float32)
-        want_w, got_w = np.empty((C, OC), np.float32), np.empty((C, OC), np.float32)
-        want_b, got_b = np.empty(OC, np.float32), np.empty(OC, np.float32)
-        for i in range(N_BATCHES):  # every batch, as timed
-            load(i)
-            ops.linear_backward(want_w, want_b, dout, inp)
-            for n in numbers:
-                got_w.fill(np.nan)
-                got_b.fill(np.nan)
-                KERNELS[n](got_w, got_b, dout, inp)
-                np.testing.assert_allclose(got_w, want_w, rtol=1e-4, atol=1e-4, err_msg=f"version {n}")
-                np.testing.assert_allclose(got_b, want_b, rtol=1e-4, atol=1e-4, err_msg=f"version {n}")
-        print(f"B={B} C={C} OC={OC} float32: all results match. Starting benchmarks.")
-        benchmark({n: (lambda n=n: KERNELS[n](got_w, got_b, dout, inp)) for n in numbers},
-                  lambda: ops.linear_backward(want_w, want_b, dout, inp), load, flops=2 * B * C * OC)
+def make_inputs(rng, inp, OC):
+    """A hidden layer's gradient dout (B, OC): about half its entries are zero (the ReLU mask).
+    The outputs are dweight (C, OC) and dbias (OC,)."""
+    B, C = inp.shape
+    dout = (rng.standard_normal((B, OC)) * (rng.random((B, OC)) < 0.5) / B).astype(np.float32)
+    return [(C, OC), (OC,)], [dout, inp]
 
 
 if __name__ == "__main__":
-    main()
+    check_then_time(sys.argv[1:], KERNELS, ops.linear_backward, make_inputs)

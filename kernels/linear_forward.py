@@ -24,7 +24,7 @@ from numba import njit, prange
 from fastnn import ops
 from kernels import cpu
 from kernels.config import FASTMATH
-from kernels.harness import N_BATCHES, benchmark, versions_and_input
+from kernels.harness import check_then_time
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -112,27 +112,13 @@ KERNELS = {
 }
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    B, C = 64, 784
-    numbers, inp, load = versions_and_input(argv, KERNELS, B)
-
-    for OC in (128, 512):
-        rng = np.random.default_rng(OC)
-        weight = (rng.standard_normal((C, OC)) * np.sqrt(2 / C)).astype(np.float32)
-        bias = (rng.standard_normal(OC) * 0.1).astype(np.float32)
-        want, got = np.empty((B, OC), np.float32), np.empty((B, OC), np.float32)
-        for i in range(N_BATCHES):  # every batch, as timed
-            load(i)
-            ops.linear_relu_forward(want, inp, weight, bias)
-            for n in numbers:
-                got.fill(np.nan)
-                KERNELS[n](got, inp, weight, bias)
-                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"version {n}")
-        print(f"B={B} C={C} OC={OC} float32: all results match. Starting benchmarks.")
-        benchmark({n: (lambda n=n: KERNELS[n](got, inp, weight, bias)) for n in numbers},
-                  lambda: ops.linear_relu_forward(want, inp, weight, bias), load, flops=2 * B * C * OC)
+def make_inputs(rng, inp, OC):
+    """He-normal weight (C, OC) and a small bias; the output is (B, OC)."""
+    C = inp.shape[1]
+    weight = (rng.standard_normal((C, OC)) * np.sqrt(2 / C)).astype(np.float32)
+    bias = (rng.standard_normal(OC) * 0.1).astype(np.float32)
+    return [(inp.shape[0], OC)], [inp, weight, bias]
 
 
 if __name__ == "__main__":
-    main()
+    check_then_time(sys.argv[1:], KERNELS, ops.linear_relu_forward, make_inputs)
