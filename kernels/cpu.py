@@ -163,18 +163,25 @@ def _row_max(logits, b):
     return largest
 
 
+@njit(fastmath=FASTMATH, cache=True)
+def _exp_row(out, logits, b):
+    """out[b] (K) = exp(logits[b] - its max); returns that row's sum and max."""
+    # subtracting the row max changes nothing mathematically but keeps exp() from overflowing
+    largest = _row_max(logits, b)
+    total = out.dtype.type(0)
+    for k in range(logits.shape[1]):
+        out[b, k] = np.exp(logits[b, k] - largest)
+        total += out[b, k]
+    return total, largest
+
+
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def softmax(probs, logits):
     """probs (B, K) = softmax of logits (B, K) over classes."""
     B, K = logits.shape
     # prange over rows: iteration b owns probs[b]
     for b in prange(B):
-        # subtracting the row max changes nothing mathematically but keeps exp() from overflowing
-        largest = _row_max(logits, b)
-        total = probs.dtype.type(0)
-        for k in range(K):
-            probs[b, k] = np.exp(logits[b, k] - largest)
-            total += probs[b, k]
+        total, _ = _exp_row(probs, logits, b)  # (K,)
         for k in range(K):
             probs[b, k] /= total  # (B, K)
 
@@ -190,11 +197,7 @@ def softmax_cross_entropy(dlogits, logits, targets):
     inv_b = dlogits.dtype.type(1 / B)
     # prange over rows: iteration b owns dlogits[b]
     for b in prange(B):
-        largest = _row_max(logits, b)
-        total = dlogits.dtype.type(0)
-        for k in range(K):
-            dlogits[b, k] = np.exp(logits[b, k] - largest)
-            total += dlogits[b, k]
+        total, largest = _exp_row(dlogits, logits, b)  # (K,)
         for k in range(K):
             dlogits[b, k] = dlogits[b, k] / total * inv_b  # (B, K) softmax / B
         # The row's loss, log-sum-exp minus the target's shifted logit (so a tiny probability never
