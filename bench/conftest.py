@@ -4,7 +4,7 @@
     uv run pytest --benchmark-only -k numba                  # one backend only
 
 Thread pools. NumPy's OpenBLAS pool and Numba's OpenMP pool both spin for a while after each call, so
-in one process each one slows the other down (see NUMBA.md in the shared project notes). Measured here (2 vCPUs
+in one process each one slows the other down (docs/numba.md). Measured here (2 vCPUs
 shared with other engineers' builds, load 2-7) with a 64x784x128 matmul in NumPy and a prange kernel
 of the same size in Numba, median ms over 200 calls:
 

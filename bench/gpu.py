@@ -5,64 +5,60 @@
     NUMBA_ENABLE_CUDASIM=1 uv run python -m bench.gpu --tiny   # no GPU needed: a few steps of a tiny
                                                # network in the CUDA simulator, to check the script runs
 
-Rows per config (784-128-10 batch 64, the seed; 784-512-10 batch 256): fastnn's cuda train_step
-version 1 (2L + 3 launches per step) and 2 (1 persistent launch per step), version 2's train_steps
-(1 launch per epoch of full batches, then the partial last batch), and torch with the same layers,
-initial weights and SGD: eager, and with the train step captured in a CUDA graph (the graph replays
-full batches only, so it skips the partial last batch: 32 of 60000 images). Every implementation
-runs one untimed warm-up epoch (compilation, cuBLAS heuristics), then --epochs epochs, each timed
-from a synchronised start to a synchronize(); the table shows the median. Run
-`uv run pytest tests/test_cuda.py` on the same GPU first: this script times, it does not check.
+Rows per config (784-128-10 batch 64, the seed; 784-512-10 batch 256): fastnn's cuda train steps
+version 1 (2L + 3 launches per step) and 2 (1 persistent launch per call of STEPS_PER_CALL steps),
+each through fastnn.training.Trainer.run_epoch, the loop MLP.fit runs, and torch with the same
+layers, initial weights and SGD: eager, and with the train step captured in a CUDA graph (the graph
+replays full batches only, so it skips the partial last batch: 32 of 60000 images). Every
+implementation runs one untimed warm-up epoch (compilation, cuBLAS heuristics), then --epochs
+epochs, each timed from a synchronised start to a synchronize(); the table shows the median. Run
+`uv run pytest tests/test_cuda_backend.py tests/test_train_steps.py` on the same GPU first: this
+script times, it does not check.
 torch is not a dependency of fastnn: without it the torch rows are skipped with a message.
 """
 import argparse
-import functools
 import statistics
 import time
 import types
 
 import numpy as np
 
-from bench.test_train import CONFIGS
-from bench.workload import SCALE, run_epoch, train_buffers
+from bench.bench_train import CONFIGS
+from bench.workload import SCALE, epoch_plan, mnist_data, preset_settings
 from fastnn.backends import get_backend
 from fastnn.cli import friendly_errors
+from fastnn.step import he_init
+from fastnn.training import Trainer
 
-TINY = {"12-8-10 B=8": ((12, 8, 10), 8, (0.01, 0.9, 5e-4))}  # --tiny: 3 steps an epoch, 2 full and 1 partial
+TINY = {"12-8-10 B=8": ((12, 8, 10), preset_settings("default", batch_size=8))}  # --tiny: 2 full steps, 1 partial
 TINY_ROWS = 20
 
 
-def fastnn_rows(kc, sizes, B, hyper, images, labels, epochs):
+def fastnn_rows(kc, sizes, settings, images, labels, epochs):
     """{implementation: (launches per step, [seconds per epoch])} for the cuda backend's versions."""
     L, rng = len(sizes) - 1, np.random.default_rng(0)
-    dev_images, dev_labels = kc.to_device(images), kc.to_device(labels)
+    data = kc.prepare_data(*mnist_data(images, labels))
     rows = {}
-    for version, launches in ((1, f"{2 * L + 3}"), (2, "1")):
-        ops = types.SimpleNamespace(to_device=kc.to_device, train_step=kc.TRAIN_STEPS[version])
-        epoch = functools.partial(run_epoch, ops, train_buffers(kc, sizes, B), dev_images, dev_labels, rng, hyper)
-        rows[f"fastnn cuda v{version}"] = (launches, timed(epoch, kc.cuda.synchronize, epochs))
-    buffers = train_buffers(kc, sizes, B)
-    full = len(images) // B * B
-    lrs = kc.to_device(np.full(len(images) // B, hyper[0], np.float32))
+    for version, launches in ((1, f"{2 * L + 3}"), (2, "1 per call")):
+        # the backend with this version's train_steps in place of its default
+        ops = types.SimpleNamespace(**{name: getattr(kc, name) for name in kc.__all__})
+        ops.train_steps = kc.TRAIN_STEPS[version]
+        trainer = Trainer(ops, he_init(sizes, np.float32, seed=42), settings.batch_size, settings.hyper)
 
-    def epoch_in_one_launch():
-        order = kc.to_device(rng.permutation(len(images)))
-        kc.train_steps(*buffers, dev_images, dev_labels, order[:full], SCALE, lrs, *hyper[1:])
-        if full < len(images):
-            last = buffers.rows(len(images) - full)  # the partial last batch
-            kc.TRAIN_STEPS[2](*last, dev_images, dev_labels, order[full:], SCALE, *hyper)
+        def epoch():
+            trainer.run_epoch(data, *epoch_plan(settings, rng, len(images)))
 
-    rows["fastnn cuda v2 train_steps"] = ("1 per epoch", timed(epoch_in_one_launch, kc.cuda.synchronize, epochs))
+        rows[f"fastnn cuda v{version}"] = (launches, timed(epoch, kc.synchronize, epochs))
     return rows
 
 
-def torch_rows(sizes, B, hyper, images, labels, epochs):
+def torch_rows(sizes, settings, images, labels, epochs):
     """The same training in torch: {"torch eager" / "torch CUDA graph": (launches, [seconds per epoch])}."""
     import torch
 
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 math, as fastnn's kernels
-    lr, momentum, weight_decay = hyper
-    weights = train_buffers(get_backend("numpy"), sizes, B).weights  # the He init fastnn's rows start from
+    B, lr, (momentum, weight_decay) = settings.batch_size, settings.lr, settings.hyper
+    weights = he_init(sizes, np.float32, seed=42).weights  # the He init fastnn's rows start from
     layers = []
     for w in weights:
         linear = torch.nn.Linear(*w.shape)
@@ -141,10 +137,10 @@ def main(argv=None):
     print(f"{len(images)} training rows, median of {epochs} epochs after one warm-up, float32")
     table = ["| config | implementation | launches per step | s per epoch (median) | vs torch CUDA graph |",
              "|---|---|---|---:|---:|"]
-    for name, (sizes, B, hyper) in configs.items():
-        rows = fastnn_rows(kc, sizes, B, hyper, images, labels, epochs)
+    for name, (sizes, settings) in configs.items():
+        rows = fastnn_rows(kc, sizes, settings, images, labels, epochs)
         try:
-            rows.update(torch_rows(sizes, B, hyper, images, labels, epochs))
+            rows.update(torch_rows(sizes, settings, images, labels, epochs))
         except ImportError:
             print(f"{name}: torch is not installed: no torch rows")
         except (AssertionError, RuntimeError) as e:  # torch without CUDA, or no GPU (the simulator)

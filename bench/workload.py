@@ -1,20 +1,27 @@
-"""What the benchmarks time: real MNIST batches, the buffers MLP.fit allocates, one training epoch.
+"""What the benchmarks time: real MNIST batches, the state MLP.fit allocates, epochs as MLP.fit runs them.
 
-Imported by bench/test_*.py; run them with `uv run pytest --benchmark-only` (see bench/conftest.py).
+Imported by bench/bench_*.py; run them with `uv run pytest --benchmark-only` (see bench/conftest.py).
 B = batch size, C = 784 pixels, H = hidden units, K = 10 classes.
 """
-import math
 from typing import NamedTuple
 
 import numpy as np
 import pytest
 
 from fastnn import ops as reference
+from fastnn.step import Data, Hyper, he_init
+from fastnn.train import PRESETS
+from fastnn.training import Settings, learning_rate
 
 C, K = 784, 10
-SCALE = 1 / 255  # uint8 grey levels -> [0, 1], as MLP.fit passes it to train_step
-SEED_HYPER = (0.01, 0.0, 0.0)  # lr, momentum, weight_decay of the seed preset (plain SGD)
-DEFAULT_HYPER = (0.01, 0.9, 5e-4)  # momentum and weight decay as the default preset uses them
+SCALE = 1 / 255  # uint8 grey levels -> [0, 1], as MLP.fit hands them to the backend
+
+
+def preset_settings(name, **changes):
+    """The training settings of a fastnn.train preset (hidden sizes aside), with `changes` applied."""
+    p = {**PRESETS[name], **changes}
+    return Settings(p["batch_size"], p["epochs"], p["lr"], p["schedule"], Hyper(p["momentum"], p["weight_decay"]),
+                    shuffle=True)
 
 
 def backend_op(ops, name):
@@ -29,11 +36,6 @@ def describe(benchmark, op, shape, flops, **dims):
     """Group the benchmark as "<op> <shape>" (so backends sit side by side) and record its FLOPs."""
     benchmark.group = f"{op} {shape}"
     benchmark.extra_info.update(op=op, shape=shape, flops=flops, **dims)
-
-
-def he_normal(rng, fan_in, fan_out):
-    """(fan_in, fan_out) float32 weights with std sqrt(2 / fan_in), as MLP initialises them."""
-    return (rng.standard_normal((fan_in, fan_out)) * math.sqrt(2 / fan_in)).astype(np.float32)
 
 
 class LayerInputs(NamedTuple):
@@ -51,14 +53,12 @@ class LayerInputs(NamedTuple):
     dhidden: np.ndarray  # (B, H) gradient into the hidden pre-activation: ReLU-masked
 
 
-def layer_inputs(images, labels, B, H, seed=0):
+def layer_inputs(data, B, H, seed=0):
     """The inputs and outputs of every op for one batch of B real images through 784-H-10."""
-    rng = np.random.default_rng(seed)
-    indices = rng.permutation(len(images))[:B]
+    indices = np.random.default_rng(seed).permutation(len(data.images))[:B]
     x, targets = np.empty((B, C), np.float32), np.empty(B, np.int64)
-    reference.gather_batch(x, targets, images, labels, indices, SCALE)
-    w1, b1 = he_normal(rng, C, H), np.zeros(H, np.float32)
-    w2, b2 = he_normal(rng, H, K), np.zeros(K, np.float32)
+    reference.gather_batch(x, targets, data, indices)
+    (w1, w2), (b1, b2) = he_init((C, H, K), np.float32, seed)
     hidden, logits = np.empty((B, H), np.float32), np.empty((B, K), np.float32)
     reference.linear_relu_forward(hidden, x, w1, b1)
     reference.linear_forward(logits, hidden, w2, b2)
@@ -68,52 +68,12 @@ def layer_inputs(images, labels, B, H, seed=0):
     return LayerInputs(indices, x, targets, w1, b1, hidden, w2, b2, logits, dlogits, dhidden)
 
 
-class TrainBuffers(NamedTuple):
-    """train_step's first ten arguments, in its order: parameters, gradients, velocities, activations."""
-    weights: tuple
-    biases: tuple
-    dweights: tuple
-    dbiases: tuple
-    velocities_w: tuple
-    velocities_b: tuple
-    acts: tuple
-    dacts: tuple
-    dlogits: object
-    targets: object
-
-    def rows(self, b):
-        """Views of the first b rows of every per-batch buffer (an epoch's partial last batch)."""
-        return self._replace(acts=tuple(a[:b] for a in self.acts),
-                             dacts=self.dacts[:1] + tuple(d[:b] for d in self.dacts[1:]),
-                             dlogits=self.dlogits[:b], targets=self.targets[:b])
-
-
-def train_buffers(ops, sizes, B, seed=42):
-    """Buffers for layer sizes (C_0, ..., K) and batch B, allocated through `ops` as MLP.fit does."""
-    rng = np.random.default_rng(seed)
-    pairs = list(zip(sizes[:-1], sizes[1:]))
-    weights = tuple(ops.to_device(he_normal(rng, c, oc)) for c, oc in pairs)
-    biases = tuple(ops.to_device(np.zeros(oc, np.float32)) for _, oc in pairs)
-    return TrainBuffers(
-        weights, biases,
-        dweights=tuple(ops.empty(w.shape, np.float32) for w in weights),
-        dbiases=tuple(ops.empty(b.shape, np.float32) for b in biases),
-        velocities_w=tuple(ops.to_device(np.zeros(w.shape, np.float32)) for w in weights),
-        velocities_b=tuple(ops.to_device(np.zeros(b.shape, np.float32)) for b in biases),
-        acts=tuple(ops.empty((B, c), np.float32) for c in sizes),
-        dacts=tuple(ops.empty((B, c), np.float32) for c in sizes[:-1]),  # dacts[0]: scratch
-        dlogits=ops.empty((B, sizes[-1]), np.float32),
-        targets=ops.empty(B, np.int64))
-
-
-def run_epoch(ops, buffers, images, labels, rng, hyper):
-    """One epoch as MLP.fit runs it, without evaluation: a shuffle, then train_step per batch."""
-    B, N = len(buffers.targets), len(images)
-    order = ops.to_device(rng.permutation(N))
-    for start in range(0, N, B):
-        b = min(B, N - start)  # 60000 = 937 * 64 + 32: the last batch is partial
-        view = buffers if b == B else buffers.rows(b)
-        ops.train_step(*view, images, labels, order[start:start + b], SCALE, *hyper)
+def epoch_plan(settings, rng, n_rows, epoch=0):
+    """(order, lrs) of one epoch as training.fit makes them: a shuffle, and the schedule's rates."""
+    steps_per_epoch = -(-n_rows // settings.batch_size)
+    total = steps_per_epoch * settings.epochs
+    lrs = [learning_rate(settings, epoch * steps_per_epoch + t, total) for t in range(steps_per_epoch)]
+    return rng.permutation(n_rows), lrs
 
 
 def dense_flops(sizes, rows):
@@ -124,3 +84,8 @@ def dense_flops(sizes, rows):
     """
     macs = [c * oc for c, oc in zip(sizes[:-1], sizes[1:])]
     return 2 * rows * (2 * sum(macs) + sum(macs[1:]))
+
+
+def mnist_data(images, labels):
+    """The MNIST training set as MLP.fit hands it to a backend: uint8 images, int64 labels, scale 1/255."""
+    return Data(images, labels.astype(np.int64), SCALE)

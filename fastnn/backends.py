@@ -2,7 +2,7 @@
 
     numpy  fastnn.ops      the NumPy reference, the definition of right
     numba  kernels.cpu     Numba-jitted parallel CPU kernels
-    cuda   kernels.cuda    numba-cuda kernels for NVIDIA GPUs (optional extra: `uv sync --extra cuda`)
+    cuda   kernels.cuda    numba-cuda kernels for NVIDIA GPUs (a package; optional extra: `uv sync --extra cuda`)
 
 Backends are imported on first use, so a missing optional dependency only matters to whoever asks
 for that backend, and it is reported as one clear line rather than an ImportError.
@@ -21,9 +21,11 @@ BACKENDS = {
 OPS = (
     "gather_batch", "linear_forward", "relu_forward", "linear_relu_forward", "relu_backward",
     "softmax", "softmax_cross_entropy", "linear_backward", "linear_backward_input", "sgd_update",
-    "argmax", "forward", "train_step",
+    "argmax", "forward", "train_step", "train_steps",
 )
-MEMORY = ("empty", "to_device", "to_host")  # how the model allocates and moves the buffers it owns
+# How the model allocates and moves the buffers it owns, hands over the training set once per fit,
+# and learns how much scratch memory the backend's train_steps wants (fastnn/step.py uses them).
+MEMORY = ("empty", "to_device", "to_host", "prepare_data", "scratch_size")
 
 
 def get_backend(name):

@@ -1,14 +1,18 @@
 """The NumPy reference: every op of the MLP, readable and obviously correct.
 
-This module is the definition of "right". The Numba kernels (kernels/cpu.py) expose the same
-functions with the same signatures, and the tests compare them against these.
+This module is the definition of "right". The Numba kernels (kernels/cpu.py) and the CUDA kernels
+(kernels/cuda/) expose the same functions with the same signatures, and the tests compare them
+against these.
 
 Conventions (llm.c's): outputs first, then inputs, then scalars; outputs are overwritten, never
 accumulated into, so there is no zero-grad step. Dimension letters:
     B = batch size, C = input features of a layer, OC = output features, K = classes (10)
-Weights are stored (C, OC), so a layer is plain `inp @ weight + bias`.
+Weights are stored (C, OC), so a layer is plain `inp @ weight + bias`. A whole training step takes the
+named bundles of fastnn/step.py.
 """
 import numpy as np
+
+from fastnn.step import Data
 
 # Memory: where the model's arrays live. Host memory here; the CUDA backend moves them to the GPU.
 empty = np.empty  # empty(shape, dtype) -> a new uninitialised array
@@ -16,14 +20,27 @@ to_device = np.ascontiguousarray  # to_device(array) -> the backend's copy (here
 to_host = np.asarray  # to_host(array) -> a NumPy array
 
 
-def gather_batch(inp, targets, images, labels, indices, scale):
+def prepare_data(images, labels, scale):
+    """The training set as this backend keeps it for a whole fit: here, as it is.
+
+    images (N, C) uint8 or float, labels (N,) int64; a pixel's value is images[i, c] * scale.
+    """
+    return Data(images, labels, scale)
+
+
+def scratch_size(sizes, batch_size):
+    """Floats of StepBuffers.scratch that train_steps needs for layer sizes and batch_size: none here."""
+    return 0
+
+
+def gather_batch(inp, targets, data, indices):
     """Gather one mini-batch and scale it to floats.
 
-    inp (B, C) float, targets (B,) int64 <- images (N, C) uint8 or float, labels (N,), indices (B,).
+    inp (B, C) float, targets (B,) int64 <- data (images (N, C), labels (N,), scale), indices (B,).
     The dataset stays uint8 in memory (4x smaller than float32); each batch is converted here.
     """
-    np.multiply(images[indices], scale, out=inp, casting="unsafe")  # (B, C)
-    targets[:] = labels[indices]  # (B,)
+    np.multiply(data.images[indices], data.scale, out=inp, casting="unsafe")  # (B, C)
+    targets[:] = data.labels[indices]  # (B,)
 
 
 def linear_forward(out, inp, weight, bias):
@@ -116,40 +133,52 @@ def argmax(out, logits):
     np.argmax(logits, axis=1, out=out)
 
 
-def train_step(weights, biases, dweights, dbiases, velocities_w, velocities_b,
-               acts, dacts, dlogits, targets, images, labels, indices, scale, lr, momentum, weight_decay):
-    """One mini-batch of SGD: gather, forward, loss, backward, update. Returns (loss, n_correct).
+def forward(acts, params):
+    """Inference: acts[L] (B, K) <- logits of acts[0] (B, C_0) through all L layers of params.
 
-    L layers; weights[l] (C_l, C_l+1), biases[l] (C_l+1,), and their gradients and velocities alike.
-    acts[0] (B, C_0) is the gathered input, acts[l] (B, C_l) the ReLU output of hidden layer l, and
-    acts[L] (B, K) the logits; dacts[l] (B, C_l) for 1 <= l < L holds the gradient into hidden layer l's
-    pre-activation. Pixels need no gradient: dacts[0] (B, C_0) is scratch memory a fast backend may
-    use (this reference does not), kept whole for a partial batch. dlogits (B, K), targets (B,).
-    The others are views of the model's buffers sized to this batch; nothing is allocated here.
+    acts[l] (B, C_l) for 0 < l < L receive the hidden ReLU outputs (StepBuffers' layout).
     """
-    L = len(weights)
-    gather_batch(acts[0], targets, images, labels, indices, scale)
-    forward(acts, weights, biases)  # acts[L] = logits (B, K)
-    n_correct = int(np.sum(acts[L].argmax(axis=1) == targets))  # before the update, like the loss
-    loss = softmax_cross_entropy(dlogits, acts[L], targets)
-    dout = dlogits
-    for l in range(L - 1, -1, -1):
-        linear_backward(dweights[l], dbiases[l], dout, acts[l])
-        if l > 0:
-            linear_backward_input(dacts[l], dout, weights[l], acts[l])
-            dout = dacts[l]
-    for l in range(L):
-        sgd_update(weights[l], dweights[l], velocities_w[l], lr, momentum, weight_decay)
-        sgd_update(biases[l], dbiases[l], velocities_b[l], lr, momentum, weight_decay)
-    return loss, n_correct
-
-
-def forward(acts, weights, biases):
-    """Inference: acts[L] (B, K) <- logits of acts[0] (B, C_0) through all L layers.
-
-    acts[l] (B, C_l) for 0 < l < L receive the hidden ReLU outputs (train_step's layout).
-    """
+    weights, biases = params
     L = len(weights)
     for l in range(L - 1):
         linear_relu_forward(acts[l + 1], acts[l], weights[l], biases[l])
     linear_forward(acts[L], acts[L - 1], weights[L - 1], biases[L - 1])
+
+
+def train_step(params, grads, optimizer, buffers, data, indices, lr, hyper):
+    """One mini-batch of SGD on rows `indices` (B,): gather, forward, loss, backward, update.
+
+    Returns (mean loss, number of rows whose largest logit is the target), both measured before the
+    update. The bundles are fastnn/step.py's; buffers are views sized to this batch.
+    """
+    weights, biases = params
+    acts, douts, targets = buffers.acts, buffers.douts, buffers.targets
+    L = len(weights)
+    gather_batch(acts[0], targets, data, indices)  # (B, C_0), (B,)
+    forward(acts, params)  # acts[L] = logits (B, K)
+    n_correct = int(np.sum(acts[L].argmax(axis=1) == targets))
+    loss = softmax_cross_entropy(douts[L - 1], acts[L], targets)  # (B, K)
+    for l in range(L - 1, -1, -1):
+        linear_backward(grads.weights[l], grads.biases[l], douts[l], acts[l])  # (C_l, C_l+1), (C_l+1,)
+        if l > 0:
+            linear_backward_input(douts[l - 1], douts[l], weights[l], acts[l])  # (B, C_l)
+    velocity = optimizer.velocity
+    for l in range(L):
+        sgd_update(weights[l], grads.weights[l], velocity.weights[l], lr, hyper.momentum, hyper.weight_decay)
+        sgd_update(biases[l], grads.biases[l], velocity.biases[l], lr, hyper.momentum, hyper.weight_decay)
+    return loss, n_correct
+
+
+def train_steps(params, grads, optimizer, buffers, data, steps, hyper):
+    """S mini-batches of SGD in one call: step s is train_step on rows steps.indices[s] with rate steps.lrs[s].
+
+    Returns (losses (S,) float64, n_correct (S,) int64). Every backend trains through this function;
+    one call runs many steps so that a compiled backend pays its call overhead once, not per step.
+    """
+    S = len(steps.lrs)
+    losses, n_correct = np.empty(S), np.empty(S, np.int64)
+    for s in range(S):
+        # a Python float: a NumPy float64 scalar would make `lr * velocity` a float64 product (NEP 50)
+        lr = float(steps.lrs[s])
+        losses[s], n_correct[s] = train_step(params, grads, optimizer, buffers, data, steps.indices[s], lr, hyper)
+    return losses, n_correct

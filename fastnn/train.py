@@ -9,15 +9,16 @@ Writes weights.npz, history.json, loss_accuracy.png, confusion_matrix.png and sa
 (default runs/<timestamp>/), each atomically.
 """
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
+from fastnn import checkpoint
 from fastnn.cli import add_common_args, friendly_errors
 from fastnn.data import load_dataset
-from fastnn.fileio import FastnnError, atomic_write
-from fastnn.model import MLP, SCHEDULES
+from fastnn.fileio import FastnnError
+from fastnn.model import MLP
+from fastnn.training import SCHEDULES
 
 # Every default in one place. Flags given on the command line override the chosen preset.
 PRESETS = {
@@ -99,13 +100,8 @@ def main(argv=None):
 
     params = {k: v for k, v in config.items() if k != "hidden"}
     params["backend"] = args.backend
-    if args.resume:
+    if args.resume:  # its history.json, if beside it, keeps the epochs counting
         model = MLP.load(args.resume, **params)
-        history_file = Path(args.resume).with_name("history.json")
-        if history_file.exists():  # keep counting epochs where the earlier run stopped
-            model.history_ = json.loads(history_file.read_text())["epochs"]
-            model.n_iter_ = len(model.history_)
-            model.loss_curve_ = [h["loss"] for h in model.history_]
         config["hidden"] = model.hidden
     else:
         model = MLP(hidden=config["hidden"], **params)
@@ -115,23 +111,22 @@ def main(argv=None):
 
     last_epoch = getattr(model, "n_iter_", 0) + config["epochs"]
 
-    def report(h):
-        val = f" | val {h['val_accuracy']:.2%}" if h["val_accuracy"] is not None else ""
-        print(f"epoch {h['epoch']}/{last_epoch} | "
-              f"loss {h['loss']:.4f} | train {h['train_accuracy']:.2%}{val} | "
-              f"test {h['test_accuracy']:.2%} | {h['seconds']:.2f} s", flush=True)
+    def score_and_report(record):
+        record["test_accuracy"] = model.score(data.test_images, data.test_labels)
+        val = f" | val {record['val_accuracy']:.2%}" if record["val_accuracy"] is not None else ""
+        print(f"epoch {record['epoch']}/{last_epoch} | "
+              f"loss {record['loss']:.4f} | train {record['train_accuracy']:.2%}{val} | "
+              f"test {record['test_accuracy']:.2%} | {record['seconds']:.2f} s", flush=True)
 
-    model.fit(X, y, data.test_images, data.test_labels, warm_start=bool(args.resume),
-              progress=sys.stderr.isatty(), on_epoch=report)
+    model.fit(X, y, warm_start=bool(args.resume), progress=sys.stderr.isatty(), on_epoch=score_and_report)
 
     probs = model.predict_proba(data.test_images)  # (N, K)
     test_pred = probs.argmax(axis=1)
     accuracy = float((test_pred == data.test_labels).mean())
     model.save(out / "weights.npz")
-    with atomic_write(out / "history.json", "w") as f:
-        json.dump({"config": {**config, "backend": args.backend, "dataset": args.dataset,
-                              "limit": args.limit, "resumed_from": args.resume},
-                   "epochs": model.history_}, f, indent=2)
+    checkpoint.write_history(out / checkpoint.HISTORY,
+                             {**config, "backend": args.backend, "dataset": args.dataset, "limit": args.limit,
+                              "resumed_from": args.resume}, model.history_)
     if not args.no_plots:
         from fastnn import plots  # matplotlib takes ~1 s to import: only when figures are wanted
 

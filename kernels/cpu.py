@@ -1,7 +1,7 @@
 """The Numba backend: every op of fastnn/ops.py as a jitted CPU kernel, same names, signatures, meaning.
 
     from kernels import cpu
-    loss, n_correct = cpu.train_step(weights, biases, ...)  # tuples of arrays, as in fastnn.ops
+    losses, n_correct = cpu.train_steps(params, grads, optimizer, buffers, data, steps, hyper)  # fastnn/step.py
 
 Dimension letters (fastnn/ops.py's): B = batch size, C = input features of a layer, OC = output
 features, K = classes. Weights are stored (C, OC). Outputs come first and are overwritten.
@@ -20,7 +20,7 @@ row, and a block whose inputs are all exactly 0 is skipped with one branch. (Ski
 fuses each weight gradient with its SGD update, gives each core a fixed half of every hidden layer's
 weights, and computes the narrow last layer (K = 10 classes, shorter than a vector register) in
 dot-product form from transposed copies. The numbered versions that led here are in
-kernels/linear_forward.py and kernels/linear_backward.py.
+kernels/dev/linear_forward.py and kernels/dev/linear_backward.py.
 
 Every jitted function that train_step calls lives in this module: numba's cache does not notice a
 changed jitted callee in another file (numba PR #8396), so a split module would run stale code.
@@ -29,9 +29,27 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from kernels.config import DWEIGHT_ROWS, FASTMATH, NARROW_MAX, SGD_CHUNK
+from fastnn.step import Data
 
-# Start Numba's thread pool now. train_step and forward are cached serial functions that call parallel
+# ---- tunables ----------------------------------------------------------------------------------
+# They live here, beside the kernels that use them, on purpose: numba freezes a global's value into
+# the compiled code, and its on-disk cache is invalidated only when this file changes. A constant
+# imported from another module could be edited without any kernel being recompiled.
+# Measured on the 2-core dev machine (see the module docstring and kernels/dev/).
+
+# Every fast-math flag except nnan/ninf: NaN and inf keep their meaning (a diverged loss stays NaN).
+# reassoc + contract are what let float reductions vectorise and fuse into FMAs (5x without them).
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+# Elements per parallel task of sgd_update; a smaller array (a bias) is one task, updated serially,
+# since waking the thread pool costs more than the work.
+SGD_CHUNK = 16384
+# Rows of dweight per parallel task in linear_backward: 32 rows of 128 floats stay in L1.
+DWEIGHT_ROWS = 32
+# train_step computes a last layer with at most this many outputs (the 10 classes) from transposed
+# copies: row updates narrower than a vector register barely vectorise.
+NARROW_MAX = 16
+
+# Start Numba's thread pool now. train_steps and forward are cached serial functions that call parallel
 # kernels; when one was compiled while its kernels came from the cache, its own cache entry misses the
 # hook that starts the pool on loading, and its first parallel kernel then segfaults (seen here, numba
 # 0.68; the family of numba issue #8578).
@@ -43,12 +61,41 @@ to_device = np.ascontiguousarray
 to_host = np.asarray
 
 
+def prepare_data(images, labels, scale):
+    """The training set for a whole fit: host arrays, as the reference keeps them."""
+    return Data(images, labels, scale)
+
+
+@njit(cache=True)
+def _is_narrow(K, L):
+    """Whether train_step runs the last layer (K outputs, of L layers) from transposed copies."""
+    # A single layer has no hidden ReLU to backpropagate into: it takes the general path.
+    return K <= NARROW_MAX and L > 1
+
+
+@njit(cache=True)
+def scratch_size(sizes, batch_size):
+    """Floats of StepBuffers.scratch that train_steps uses for layer sizes (C_0, ..., K).
+
+    The hidden layers' forward sums each half of its inputs separately: one (B, C_l+1) buffer of
+    partial sums. A narrow last layer keeps weight.T and dweight.T: 2 * K * C_L-1 floats. The two are
+    never needed at the same time. (Jitted, so that train_steps checks the scratch with this very code.)
+    """
+    L, K = len(sizes) - 1, sizes[-1]
+    widest_hidden = 0
+    for l in range(1, L):
+        widest_hidden = max(widest_hidden, sizes[l])
+    transposes = 2 * K * sizes[L - 1] if _is_narrow(K, L) else 0
+    return max(batch_size * widest_hidden, transposes)
+
+
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def gather_batch(inp, targets, images, labels, indices, scale):
+def gather_batch(inp, targets, data, indices):
     """Gather one mini-batch and scale it to floats (the uint8 -> float conversion fused into the copy).
 
-    inp (B, C) float, targets (B,) int64 <- images (N, C) uint8 or float, labels (N,), indices (B,).
+    inp (B, C) float, targets (B,) int64 <- data (images (N, C) uint8 or float, labels (N,), scale), indices (B,).
     """
+    images, labels, scale = data
     B, C = inp.shape
     # prange over batch rows: iteration b owns inp[b] and targets[b]
     for b in prange(B):
@@ -361,7 +408,7 @@ def _half(C, h):
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _linear_relu_forward_halves(out, partial, inp, weight, bias):
-    """linear_relu_forward, its sum over C split in two halves; partial (B, OC) is borrowed scratch."""
+    """linear_relu_forward, its sum over C split in two halves; partial (B, OC) is scratch for half 1's sums."""
     B, C = inp.shape
     OC = out.shape[1]
     # prange over the two halves of C: half 0 sums into out (from the bias), half 1 into partial
@@ -380,15 +427,17 @@ def _linear_relu_forward_halves(out, partial, inp, weight, bias):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _linear_backward_sgd(weight, bias, dweight, dbias, velocity_w, velocity_b, dout, inp,
-                         lr, momentum, weight_decay):
-    """linear_backward, then sgd_update of weight and bias, fused (train_step's backward for one layer).
+def _linear_backward_sgd(params, grads, optimizer, l, dout, inp, lr, hyper):
+    """linear_backward of layer l, then sgd_update of its weight and bias, fused (train_step's backward).
 
-    Each block of dweight rows updates its rows of weight and velocity while it is still in L1, instead
-    of a second pass over three (C, OC) arrays. Same results as the two ops in sequence.
+    dout (B, OC) is the gradient at the layer's output, inp (B, C) its input. Each block of dweight
+    rows updates its rows of weight and velocity while it is still in L1, instead of a second pass
+    over three (C, OC) arrays. Same results as the two ops in sequence.
     """
+    weight, dweight, velocity_w = params.weights[l], grads.weights[l], optimizer.velocity.weights[l]
     C = dweight.shape[0]
-    rate, mom, decay = weight.dtype.type(lr), weight.dtype.type(momentum), weight.dtype.type(weight_decay)
+    real = weight.dtype.type  # the scalars in the arrays' dtype: float64 ones would make float32 math float64
+    rate, mom, decay = real(lr), real(hyper.momentum), real(hyper.weight_decay)
     # prange over the two halves of C, as in the forward: half h owns those rows of dweight, weight
     # and velocity_w, in blocks of DWEIGHT_ROWS that stay in L1 while the batch is added in row order
     for h in prange(2):
@@ -397,14 +446,15 @@ def _linear_backward_sgd(weight, bias, dweight, dbias, velocity_w, velocity_b, d
             r1 = min(r0 + DWEIGHT_ROWS, c1)
             _dweight_rows(dweight, dout, inp, r0, r1)  # (r1 - r0, OC)
             _sgd_rows(weight, dweight, velocity_w, r0, r1, rate, mom, decay)  # (r1 - r0, OC)
+    dbias = grads.biases[l]
     _dbias(dbias, dout)  # (OC,)
-    _sgd_span(bias, dbias, velocity_b, rate, mom, decay)  # OC biases: serial
+    _sgd_span(params.biases[l], dbias, optimizer.velocity.biases[l], rate, mom, decay)  # OC biases: serial
 
 
 # ---- the narrow last layer inside train_step --------------------------------------------------
 # With OC = K = 10 classes a row update of OC floats is shorter than one vector register, so the row
 # form above runs nearly scalar. train_step computes that layer from transposed copies instead, in
-# dot-product form, kept in buffers that are free at that moment (see train_step).
+# dot-product form, kept in the step's scratch memory (see scratch_size).
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -471,28 +521,30 @@ def _linear_backward_input_t(dinp, dout, weight_t, inp):
 
 @njit(fastmath=FASTMATH, cache=True)
 def _narrow_forward(out, inp, weight, bias, weight_t):
-    """linear_forward of the narrow last layer; weight_t (OC, C) is borrowed scratch for weight.T."""
+    """linear_forward of the narrow last layer; weight_t (OC, C) receives weight.T, kept for the backward."""
     _transpose(weight_t, weight)  # (OC, C)
     _linear_forward_t(out, inp, weight_t, bias)  # (B, OC)
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _narrow_backward_sgd(weight, bias, dweight, dbias, velocity_w, velocity_b, dinp, dout, inp, scratch,
-                         lr, momentum, weight_decay):
-    """linear_backward, linear_backward_input and sgd_update of the narrow last layer.
+def _narrow_backward_sgd(params, grads, optimizer, l, dinp, dout, inp, transposes, lr, hyper):
+    """linear_backward, linear_backward_input and sgd_update of the narrow last layer l.
 
-    dweight (C, OC) still holds weight.T (OC, C), left there by _narrow_forward; scratch (at least
-    OC * C floats) receives dweight.T before it is transposed into place.
+    transposes (2, OC, C): [0] still holds weight.T from _narrow_forward; [1] receives dweight.T
+    before it is transposed into place.
     """
+    weight, dweight = params.weights[l], grads.weights[l]
     C, OC = weight.shape
-    _linear_backward_input_t(dinp, dout, dweight.reshape((OC, C)), inp)  # (B, C), weight before its update
-    dweight_t = scratch.reshape(scratch.size)[:OC * C].reshape((OC, C))
-    _dweight_t(dweight_t, dout, inp)  # (OC, C)
-    _transpose(dweight, dweight_t)  # (C, OC)
+    _linear_backward_input_t(dinp, dout, transposes[0], inp)  # (B, C), from the weight before its update
+    _dweight_t(transposes[1], dout, inp)  # (OC, C)
+    _transpose(dweight, transposes[1])  # (C, OC)
+    dbias = grads.biases[l]
     _dbias(dbias, dout)  # (OC,)
-    rate, mom, decay = weight.dtype.type(lr), weight.dtype.type(momentum), weight.dtype.type(weight_decay)
-    _sgd_span(weight.reshape(C * OC), dweight.reshape(C * OC), velocity_w.reshape(C * OC), rate, mom, decay)
-    _sgd_span(bias, dbias, velocity_b, rate, mom, decay)
+    real = weight.dtype.type
+    rate, mom, decay = real(lr), real(hyper.momentum), real(hyper.weight_decay)
+    _sgd_span(weight.reshape(C * OC), dweight.reshape(C * OC), optimizer.velocity.weights[l].reshape(C * OC),
+              rate, mom, decay)
+    _sgd_span(params.biases[l], dbias, optimizer.velocity.biases[l], rate, mom, decay)
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -518,12 +570,13 @@ def argmax(out, logits):
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def forward(acts, weights, biases):
-    """Inference: acts[L] (B, K) <- logits of acts[0] (B, C_0) through all L layers.
+def forward(acts, params):
+    """Inference: acts[L] (B, K) <- logits of acts[0] (B, C_0) through all L layers of params.
 
-    acts, weights, biases: tuples of arrays (train_step's layout); acts[l] (B, C_l) for 0 < l < L
-    receive the hidden ReLU outputs.
+    acts: a tuple of arrays (StepBuffers' layout); acts[l] (B, C_l) for 0 < l < L receive the hidden
+    ReLU outputs.
     """
+    weights, biases = params
     L = len(weights)
     for l in range(L - 1):
         linear_relu_forward(acts[l + 1], acts[l], weights[l], biases[l])  # (B, C_l+1)
@@ -531,47 +584,70 @@ def forward(acts, weights, biases):
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def train_step(weights, biases, dweights, dbiases, velocities_w, velocities_b,
-               acts, dacts, dlogits, targets, images, labels, indices, scale, lr, momentum, weight_decay):
+def _scratch_view(scratch, shape):
+    """The first prod(shape) floats of the scratch, as a C-contiguous array of `shape`."""
+    n = 1
+    for extent in shape:
+        n *= extent
+    return scratch[:n].reshape(shape)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def train_step(params, grads, optimizer, buffers, data, indices, lr, hyper):
     """One mini-batch of SGD: gather, forward, loss, backward, update. Returns (loss, n_correct).
 
-    Same arguments as fastnn.ops.train_step, the per-layer ones as tuples of arrays (weights[l]
-    (C_l, C_l+1), acts[l] (B, C_l), dacts[0] (B_max, C_0) scratch). One jitted call per batch: no
-    Python runs between the kernels (a call costs ~2 us of a ~200 us step, so a jitted epoch would
-    gain ~1%).
+    fastnn.ops.train_step's arguments and results. Buffers are views sized to this batch; their
+    scratch is whole, at least scratch_size(sizes, B) floats (train_steps checks).
     """
+    weights, biases = params
+    acts, douts, targets, scratch = buffers
     L = len(weights)
     last = L - 1
-    B, K = dlogits.shape
-    scratch = dacts[0]  # the pixels' gradient is never needed: working memory
-    # A narrow last layer (the K classes) runs in dot-product form from transposed copies held in
-    # buffers that are free at that moment: dweights[last] until its gradient is written, and the
-    # scratch. A single layer has no hidden ReLU to backpropagate into: it takes the general path.
+    B, K = douts[last].shape
     C_last = weights[last].shape[0]
-    narrow = K <= NARROW_MAX and L > 1 and scratch.size >= K * C_last
-    gather_batch(acts[0], targets, images, labels, indices, scale)  # (B, C_0), (B,)
-    for l in range(last):  # dacts[l + 1] is free until the backward: scratch for one half's sums
-        _linear_relu_forward_halves(acts[l + 1], dacts[l + 1], acts[l], weights[l], biases[l])  # (B, C_l+1)
+    narrow = _is_narrow(K, L)
+    gather_batch(acts[0], targets, data, indices)  # (B, C_0), (B,)
+    for l in range(last):
+        partial = _scratch_view(scratch, acts[l + 1].shape)  # (B, C_l+1) half 1's sums
+        _linear_relu_forward_halves(acts[l + 1], partial, acts[l], weights[l], biases[l])  # (B, C_l+1)
+    transposes = _scratch_view(scratch, (2 if narrow else 0, K, C_last))  # weight.T and dweight.T (K, C_last)
     if narrow:
-        weight_t = dweights[last].reshape((K, C_last))
-        _narrow_forward(acts[L], acts[last], weights[last], biases[last], weight_t)  # (B, K)
+        _narrow_forward(acts[L], acts[last], weights[last], biases[last], transposes[0])  # (B, K)
     else:
         linear_forward(acts[L], acts[last], weights[last], biases[last])  # (B, K)
     n_correct = 0  # before the update, like the loss
     for b in range(B):
         if _argmax_row(acts[L], b) == targets[b]:
             n_correct += 1
-    loss = softmax_cross_entropy(dlogits, acts[L], targets)  # dlogits (B, K)
-    dout = dlogits
+    loss = softmax_cross_entropy(douts[last], acts[L], targets)  # (B, K)
     for l in range(last, -1, -1):
         if l == last and narrow:
-            _narrow_backward_sgd(weights[l], biases[l], dweights[l], dbiases[l], velocities_w[l], velocities_b[l],
-                                 dacts[l], dout, acts[l], scratch, lr, momentum, weight_decay)
+            _narrow_backward_sgd(params, grads, optimizer, l, douts[l - 1], douts[l], acts[l], transposes, lr, hyper)
         else:
             if l > 0:  # the input gradient first: it needs weights[l] before the update
-                linear_backward_input(dacts[l], dout, weights[l], acts[l])  # (B, C_l)
-            _linear_backward_sgd(weights[l], biases[l], dweights[l], dbiases[l], velocities_w[l], velocities_b[l],
-                                 dout, acts[l], lr, momentum, weight_decay)  # (C_l, C_l+1), (C_l+1,)
-        if l > 0:
-            dout = dacts[l]
+                linear_backward_input(douts[l - 1], douts[l], weights[l], acts[l])  # (B, C_l)
+            _linear_backward_sgd(params, grads, optimizer, l, douts[l], acts[l], lr, hyper)  # (C_l, C_l+1), (C_l+1,)
     return loss, n_correct
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def train_steps(params, grads, optimizer, buffers, data, steps, hyper):
+    """S mini-batches of SGD in one call: fastnn.ops.train_steps. Returns (losses (S,), n_correct (S,)).
+
+    A call from Python costs ~10 us here (numba reads every array of the bundles), about 5% of a
+    small step: once per S steps it is noise.
+    """
+    weights = params.weights
+    sizes = np.empty(len(weights) + 1, np.int64)  # (C_0, ..., K)
+    sizes[0] = weights[0].shape[0]
+    for l in range(len(weights)):
+        sizes[l + 1] = weights[l].shape[1]
+    # the kernels index the scratch without bounds checks: refuse one too small before it is written
+    if buffers.scratch.size < scratch_size(sizes, buffers.acts[0].shape[0]):
+        raise ValueError("buffers.scratch is smaller than scratch_size(): allocate the buffers with fastnn.step")
+    S = steps.lrs.shape[0]
+    losses, n_correct = np.empty(S), np.empty(S, np.int64)
+    for s in range(S):
+        losses[s], n_correct[s] = train_step(params, grads, optimizer, buffers, data, steps.indices[s],
+                                             steps.lrs[s], hyper)
+    return losses, n_correct

@@ -13,7 +13,6 @@ from fastnn import data
 from fastnn.data import BUNDLED, FILES, SHA256, load_dataset, read_idx
 from fastnn.fileio import FastnnError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # the lead's copies and SHA256SUMS
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
@@ -51,27 +50,26 @@ def fake_opener(folder, failing=(), corrupt=False):
 
 # ---- the files are the originals ---------------------------------------------------------------
 
-def test_bundled_files_match_pinned_table_and_shared_sums():
+def test_bundled_files_match_the_pinned_table():
     for stem in FILES.values():
         assert sha256(BUNDLED / f"{stem}.gz") == SHA256["mnist"][stem][0]
-    if not (SHARED / "SHA256SUMS").exists():
-        pytest.skip("shared/data/SHA256SUMS not present: checked the bundled files only")
-    lines = (SHARED / "SHA256SUMS").read_text().split("\n")
-    sums = dict(reversed(line.split()) for line in lines if line.strip())
-    assert len(sums) == 8
-    for name, table in SHA256.items():
-        for stem, (gz_digest, _) in table.items():
-            assert sums[f"{name}/{stem}.gz"] == gz_digest
 
 
 def test_pinned_idx_digests_are_those_of_the_decompressed_files():
-    folders = {"mnist": BUNDLED, "fashion-mnist": SHARED / "fashion-mnist"}
-    for name, table in SHA256.items():
-        if not folders[name].is_dir():
-            continue
-        for stem, (_, idx_digest) in table.items():
-            content = gzip.decompress((folders[name] / f"{stem}.gz").read_bytes())
-            assert hashlib.sha256(content).hexdigest() == idx_digest, f"{name}/{stem}"
+    for stem, (_, idx_digest) in SHA256["mnist"].items():
+        content = gzip.decompress((BUNDLED / f"{stem}.gz").read_bytes())
+        assert hashlib.sha256(content).hexdigest() == idx_digest, stem
+
+
+def write_tiny_dataset(folder, labels=(3, 1, 4, 1, 5)):
+    """The four IDX files of a tiny dataset in `folder` (five images each split, gzipped), and a table
+    of their digests in SHA256's format, to pin in place of a real dataset's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images = np.arange(len(labels) * 28 * 28).reshape(len(labels), 28, 28) % 256
+    for split in ("train", "test"):
+        (folder / f"{FILES[f'{split}_images']}.gz").write_bytes(gzip.compress(idx_bytes(images)))
+        (folder / f"{FILES[f'{split}_labels']}.gz").write_bytes(gzip.compress(idx_bytes(np.array(labels))))
+    return {stem: (sha256(folder / f"{stem}.gz"), "") for stem in FILES.values()}
 
 
 # ---- loading ------------------------------------------------------------------------------------
@@ -105,15 +103,11 @@ def test_gzip_is_recognised_by_content_not_name(tmp_path):
     np.testing.assert_array_equal(read_idx(tmp_path / "labels.gz"), labels)
 
 
-def test_fashion_mnist_from_data_dir():
-    folder = SHARED / "fashion-mnist"
-    if not folder.is_dir():
-        pytest.skip("shared/data/fashion-mnist not present")
-    fashion = load_dataset("fashion-mnist", data_dir=folder, download=False)
+def test_fashion_mnist_from_data_dir(tmp_path, monkeypatch):
+    monkeypatch.setitem(SHA256, "fashion-mnist", write_tiny_dataset(tmp_path))
+    fashion = load_dataset("fashion-mnist", data_dir=tmp_path, download=False)
     assert fashion.classes[0] == "T-shirt/top" and len(fashion.classes) == 10
-    assert fashion.train_images.shape == (60000, 784) and fashion.test_images.shape == (10000, 784)
-    assert np.bincount(fashion.train_labels).tolist() == [6000] * 10
-    assert np.bincount(fashion.test_labels).tolist() == [1000] * 10
+    assert fashion.train_images.shape == (5, 784) and fashion.test_labels.tolist() == [3, 1, 4, 1, 5]
 
 
 def test_unknown_dataset_names_the_choices():
@@ -247,3 +241,17 @@ def test_cache_dir_precedence(tmp_path, monkeypatch):
     assert data.cache_dir("fashion-mnist") == tmp_path / "xdg" / "fastnn" / "fashion-mnist"
     monkeypatch.setenv("FASTNN_DATA_DIR", str(tmp_path / "mine"))
     assert data.cache_dir("fashion-mnist") == tmp_path / "mine" / "fashion-mnist"
+
+
+def test_fashion_mnist_downloads_are_verified(tmp_path, monkeypatch):
+    monkeypatch.setitem(SHA256, "fashion-mnist", write_tiny_dataset(tmp_path / "server"))
+    open_url, urls = fake_opener(tmp_path / "server")
+    monkeypatch.setattr(data, "_open_url", open_url)
+    fashion = load_dataset("fashion-mnist", data_dir=tmp_path / "cache")
+    assert urls == [data.MIRRORS["fashion-mnist"][0] + f"{stem}.gz" for stem in FILES.values()]
+    assert fashion.train_labels.tolist() == [3, 1, 4, 1, 5]
+    open_url, _ = fake_opener(tmp_path / "server", corrupt=True)
+    monkeypatch.setattr(data, "_open_url", open_url)
+    with pytest.raises(FastnnError, match="SHA-256 mismatch"):
+        load_dataset("fashion-mnist", data_dir=tmp_path / "elsewhere")
+    assert not (tmp_path / "elsewhere").exists() or list((tmp_path / "elsewhere").iterdir()) == []

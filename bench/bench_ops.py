@@ -1,7 +1,7 @@
 """Every op of the MLP per backend on MNIST-sized batches, plus this machine's GEMM ceiling.
 
-    uv run pytest --benchmark-only bench/test_ops.py
-    uv run pytest --benchmark-only bench/test_ops.py -k "linear_relu_forward and 64"
+    uv run pytest --benchmark-only bench/bench_ops.py
+    uv run pytest --benchmark-only bench/bench_ops.py -k "linear_relu_forward and 64"
 
 Groups are "<op> B=.. H=..", so numpy and numba of the same op and shape sit side by side. FLOPs in
 extra_info are dense counts (2 * B * C * OC for a matmul), whatever a sparse kernel skips.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from bench.workload import C, DEFAULT_HYPER, K, SCALE, backend_op, describe, layer_inputs
+from bench.workload import C, K, backend_op, describe, layer_inputs, mnist_data, preset_settings
 
 BATCHES = (64, 128, 256)
 HIDDEN = (128, 512)
@@ -25,7 +25,8 @@ GEMM_N = 2048  # the ceiling's square float32 matmul: big enough for OpenBLAS's 
 @pytest.fixture(scope="session")
 def inputs(mnist):
     """inputs(B, H) -> LayerInputs of one real batch, built once per shape."""
-    return functools.cache(lambda B, H: layer_inputs(*mnist, B, H))
+    data = mnist_data(*mnist)
+    return functools.cache(lambda B, H: layer_inputs(data, B, H))
 
 
 def time_op(benchmark, ops, fn, outputs, inputs, *scalars):
@@ -35,41 +36,29 @@ def time_op(benchmark, ops, fn, outputs, inputs, *scalars):
     benchmark(fn, *args)
 
 
-@pytest.mark.parametrize("H", HIDDEN)
-@pytest.mark.parametrize("B", BATCHES)
-def test_linear_relu_forward(benchmark, ops, inputs, B, H):
-    """The first layer: hidden (B, H) = relu(x (B, C) @ w1 (C, H) + b1), x a real (sparse) batch."""
-    fn, data = backend_op(ops, "linear_relu_forward"), inputs(B, H)
-    describe(benchmark, "linear_relu_forward", f"B={B} H={H}", 2 * B * C * H, B=B, H=H)
-    time_op(benchmark, ops, fn, [ops.empty((B, H), np.float32)], [data.x, data.w1, data.b1])
+def layer_case(op, data, B, H):
+    """(output shapes, inputs, dense FLOPs) of one layer op of 784-H-10 on the batch `data`."""
+    return {
+        # the first layer: hidden (B, H) = relu(x (B, C) @ w1 (C, H) + b1), x a real (sparse) batch
+        "linear_relu_forward": ([(B, H)], [data.x, data.w1, data.b1], 2 * B * C * H),
+        # the second layer: logits (B, K) = hidden (B, H) @ w2 (H, K) + b2
+        "linear_forward": ([(B, K)], [data.hidden, data.w2, data.b2], 2 * B * H * K),
+        # the first layer's gradients: dw1 (C, H) = x.T @ dhidden (B, H), db1 (H,) = sum over B
+        "linear_backward": ([(C, H), (H,)], [data.dhidden, data.x], 2 * B * C * H + B * H),
+        # the gradient into the hidden layer: dhidden (B, H) = (dlogits (B, K) @ w2.T) * (hidden > 0)
+        "linear_backward_input": ([(B, H)], [data.dlogits, data.w2, data.hidden], 2 * B * K * H),
+    }[op]
 
 
 @pytest.mark.parametrize("H", HIDDEN)
 @pytest.mark.parametrize("B", BATCHES)
-def test_linear_forward(benchmark, ops, inputs, B, H):
-    """The second layer: logits (B, K) = hidden (B, H) @ w2 (H, K) + b2."""
-    fn, data = backend_op(ops, "linear_forward"), inputs(B, H)
-    describe(benchmark, "linear_forward", f"B={B} H={H}", 2 * B * H * K, B=B, H=H)
-    time_op(benchmark, ops, fn, [ops.empty((B, K), np.float32)], [data.hidden, data.w2, data.b2])
-
-
-@pytest.mark.parametrize("H", HIDDEN)
-@pytest.mark.parametrize("B", BATCHES)
-def test_linear_backward(benchmark, ops, inputs, B, H):
-    """The first layer's gradients: dw1 (C, H) = x.T @ dhidden (B, H), db1 (H,) = sum over B."""
-    fn, data = backend_op(ops, "linear_backward"), inputs(B, H)
-    describe(benchmark, "linear_backward", f"B={B} H={H}", 2 * B * C * H + B * H, B=B, H=H)
-    outputs = [ops.empty((C, H), np.float32), ops.empty(H, np.float32)]
-    time_op(benchmark, ops, fn, outputs, [data.dhidden, data.x])
-
-
-@pytest.mark.parametrize("H", HIDDEN)
-@pytest.mark.parametrize("B", BATCHES)
-def test_linear_backward_input(benchmark, ops, inputs, B, H):
-    """The gradient into the hidden layer: dhidden (B, H) = (dlogits (B, K) @ w2.T) * (hidden > 0)."""
-    fn, data = backend_op(ops, "linear_backward_input"), inputs(B, H)
-    describe(benchmark, "linear_backward_input", f"B={B} H={H}", 2 * B * K * H, B=B, H=H)
-    time_op(benchmark, ops, fn, [ops.empty((B, H), np.float32)], [data.dlogits, data.w2, data.hidden])
+@pytest.mark.parametrize("op", ["linear_relu_forward", "linear_forward", "linear_backward", "linear_backward_input"])
+def test_layer_op(benchmark, ops, inputs, op, B, H):
+    """One op of a 784-H-10 layer on a real batch (see layer_case)."""
+    fn = backend_op(ops, op)
+    shapes, layer_inputs_, flops = layer_case(op, inputs(B, H), B, H)
+    describe(benchmark, op, f"B={B} H={H}", flops, B=B, H=H)
+    time_op(benchmark, ops, fn, [ops.empty(shape, np.float32) for shape in shapes], layer_inputs_)
 
 
 @pytest.mark.parametrize("B", BATCHES)
@@ -87,7 +76,8 @@ def test_sgd_update(benchmark, ops, inputs, H):
     describe(benchmark, "sgd_update", f"W1 H={H}", SGD_FLOPS * C * H, H=H)
     param, velocity = ops.to_device(data.w1.copy()), ops.to_device(np.zeros_like(data.w1))
     grad = np.full_like(data.w1, 1e-3)  # constant: param settles where decay balances it, no overflow
-    time_op(benchmark, ops, fn, [param], [grad, velocity], *DEFAULT_HYPER)
+    hyper = preset_settings("default").hyper
+    time_op(benchmark, ops, fn, [param], [grad, velocity], 0.1, hyper.momentum, hyper.weight_decay)
 
 
 @pytest.mark.parametrize("B", BATCHES)
@@ -96,7 +86,9 @@ def test_gather_batch(benchmark, ops, mnist, inputs, B):
     fn, data = backend_op(ops, "gather_batch"), inputs(B, HIDDEN[0])
     describe(benchmark, "gather_batch", f"B={B}", B * C, B=B)
     outputs = [ops.empty((B, C), np.float32), ops.empty(B, np.int64)]
-    time_op(benchmark, ops, fn, outputs, [*mnist, data.indices], SCALE)
+    args = (*outputs, ops.prepare_data(*mnist_data(*mnist)), ops.to_device(data.indices))
+    fn(*args)
+    benchmark(fn, *args)
 
 
 @pytest.mark.parametrize("threads", ["all", 1])

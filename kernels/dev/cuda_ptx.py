@@ -1,6 +1,6 @@
 """Compile every kernel of the CUDA backend for a GPU, on a machine without one.
 
-    python -m kernels.cuda_ptx [--cc 9.0] [--out DIR]
+    python -m kernels.dev.cuda_ptx [--cc 9.0] [--out DIR]
 
 The CUDA simulator runs kernels as Python, so it checks neither numba-cuda's typing nor its code
 generation (a shared array shaped (TILE, TILE + 1) runs there and fails to compile for a GPU); this
@@ -25,16 +25,19 @@ from numba import cuda, typeof  # noqa: E402
 from numba.core.typing.typeof import Purpose  # noqa: E402
 from numba.cuda import dispatcher  # noqa: E402
 
+from fastnn import step  # noqa: E402
+
 
 def compile_all(cc=(9, 0), out=None):
     """Run every op of kernels.cuda at the seed config (784-128-10, batch 64), float32 and float64,
     compiling each kernel it launches to PTX; returns {(kernel name, argument types): PTX file name}."""
     dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
     cuda.device_array = lambda shape, dtype=np.float64, **kw: np.zeros(shape, dtype)
+    cuda.to_device = np.array
     import kernels.cuda as kc
-    import kernels.cuda_persistent as kp
+    from kernels.cuda import persistent
 
-    kp._cooperative_blocks = lambda kernel, args: 1  # the real answer asks a GPU
+    persistent._cooperative_blocks = lambda kernel, args: 1  # the real answer asks a GPU
     compiled = {}  # (kernel name, argument types) -> file name
 
     def launch_config(kernel, config):
@@ -50,31 +53,24 @@ def compile_all(cc=(9, 0), out=None):
 
     dispatcher.CUDADispatcher.__getitem__ = launch_config
     rng = np.random.default_rng(0)
-    B, C, H, K, N = 64, 784, 128, 10, 100
+    B, N, sizes = 64, 100, (784, 128, 10)
     for dtype in (np.float32, np.float64):
-        def f(*shape, dtype=dtype):
-            return rng.standard_normal(shape).astype(dtype)
-
-        weights, biases = [f(C, H), f(H, K)], [f(H), f(K)]
-        acts, dacts, dlogits = [f(B, C), f(B, H), f(B, K)], [f(B, C), f(B, H)], f(B, K)
-        targets, labels = np.zeros(B, np.int64), np.zeros(N, np.int64)
-        images = rng.integers(0, 256, (N, C), np.uint8)
-        state = dict(weights=weights, biases=biases, dweights=[w.copy() for w in weights],
-                     dbiases=[b.copy() for b in biases], velocities_w=[w.copy() for w in weights],
-                     velocities_b=[b.copy() for b in biases], acts=acts, dacts=dacts, dlogits=dlogits,
-                     targets=targets, images=images, labels=labels, scale=1 / 255, momentum=0.9, weight_decay=1e-3)
-        for train_step in kc.TRAIN_STEPS.values():
-            train_step(**state, indices=np.arange(B), lr=0.1)
-        kc.train_steps(**state, indices=np.arange(2 * B), lrs=np.ones(2, dtype))
-        kc.gather_batch(acts[0], targets, images.astype(dtype), labels, np.arange(B), 1.0)  # float data
+        training = step.training_state(kc, step.he_init(sizes, dtype, seed=0), B)
+        params, grads, optimizer, buffers = training
+        acts, douts, targets, _ = buffers
+        data = kc.prepare_data(rng.integers(0, 256, (N, sizes[0]), np.uint8), np.zeros(N, np.int64), 1 / 255)
+        hyper = step.Hyper(momentum=0.9, weight_decay=1e-3)
+        kc.train_step(*training, data, np.arange(B), 0.1, hyper)  # version 1, launch by launch
+        persistent.train_steps(*training, data, step.Steps(np.arange(2 * B).reshape(2, B), np.ones(2)), hyper)
+        kc.gather_batch(acts[0], targets, data._replace(images=data.images.astype(dtype), scale=1.0), np.arange(B))
         kc.relu_forward(acts[1], acts[1])
-        kc.relu_backward(dacts[1], dacts[1], acts[1])
-        kc.softmax(dlogits, acts[2])
+        kc.relu_backward(douts[0], douts[0], acts[1])
+        kc.softmax(douts[1], acts[2])
         kc.argmax(targets, acts[2])
-        kc.softmax_cross_entropy(dlogits, acts[2], targets)
-        kc.linear_backward(weights[0], biases[0], acts[1], acts[0])
-        kc.linear_backward_input(acts[0], acts[1], weights[0], acts[0])
-        kc.sgd_update(biases[0], biases[0], biases[0], 0.1, 0.9, 0.0)
+        kc.softmax_cross_entropy(douts[1], acts[2], targets)
+        kc.linear_backward(grads.weights[0], grads.biases[0], douts[0], acts[0])
+        kc.linear_backward_input(douts[0], douts[1], params.weights[1], acts[1])
+        kc.sgd_update(params.biases[0], grads.biases[0], optimizer.velocity.biases[0], 0.1, 0.9, 0.0)
     return compiled
 
 

@@ -1,70 +1,21 @@
-"""The CUDA backend: fastnn/ops.py's ops as numba-cuda kernels, for NVIDIA GPUs.
+"""Version 1 of the CUDA backend: one kernel per op of fastnn/ops.py, and a train step of 2L + 3 launches.
 
-Same names, same parameters, same math as the NumPy reference (outputs first, overwritten), with
-device arrays (numba DeviceNDArray) where it has NumPy arrays; scalars stay Python numbers.
-Dimension letters: B = batch rows, C = input features, OC = output features, K = classes, L = layers.
-
-Memory. The model owns every buffer and makes them with this module's `empty(shape, dtype)`
-(uninitialised device array), `to_device(array)` (a copy on the GPU) and `to_host(array)` (a NumPy
-copy back): weights, biases, their gradients and velocities, acts, dacts (dacts[0] is scratch, unused here),
-dlogits, targets (int64), the dataset's images (N, C) uint8 or float and labels (N,) int64, and each
-epoch's shuffled row indices (int64). The kernels allocate nothing per step.
-
-Returned numbers. A step's loss and accuracy are computed on the GPU; turning them into Python
-numbers makes the host wait for the GPU. So softmax_cross_entropy and train_step return
-DeviceScalar handles (kernels/cuda_metrics.py) in place of the reference's float and int:
-float(x), int(x), x + y, x < y read them, and a read waits once for everything written so far.
-Keep an epoch's handles and read them at its end: one wait per epoch. Reading them every step
-(a divergence check after each step) works too, at the price of a wait per step.
-
-Launches per SGD step (a network of L layers: L = 2 for one hidden layer)
-    version 1, one kernel per op, fused:  2L + 3  (gather, L forward with bias [+ ReLU], softmax
-        cross-entropy with argmax and accuracy, L backward each writing dweight, dbias and the
-        masked dinp, one SGD update of every parameter)
-    version 2, persistent cooperative kernel (kernels/cuda_persistent.py):  1, with 2L + 2 grid-wide
-        barriers inside; its `train_steps` (cuda only) runs S steps, e.g. an epoch's full batches, in 1.
-`train_step` is version 1, the one tested on many blocks, until bench/gpu.py has timed both on a GPU
-and tests/test_cuda.py has passed there; TRAIN_STEPS holds both.
+Same names, parameters and math as the NumPy reference (outputs first, overwritten), with device
+arrays where it has NumPy arrays; scalars stay Python numbers. The device functions that do the math
+are in kernels/cuda/device.py, shared with the persistent kernel (kernels/cuda/persistent.py).
 """
 import functools
-import importlib.util
 
 import numpy as np
 from numba import cuda, float64, int32
 from numba.np.numpy_support import from_dtype
 
-from fastnn.fileio import FastnnError
-from kernels import cuda_persistent
-from kernels.cuda_device import (THREADS, TILE, TILE_SHAPE, argmax_row, gather_rows, linear_backward_tiles,
+from kernels.cuda.device import (THREADS, TILE, TILE_SHAPE, argmax_row, gather_rows, linear_backward_tiles,
                                  linear_forward_tiles, n_tiles, nothing, sgd_flat, sgd_layers, softmax_row,
                                  softmax_xent_rows)
-from kernels.cuda_metrics import metrics, step_log
+from kernels.cuda.metrics import metrics, step_log
 
 MAX_BLOCKS = 1024  # elementwise grids: grid-stride loops, so more blocks would only add scheduling
-
-
-def check_available():
-    """Raise FastnnError unless numba-cuda is installed and sees a GPU (or the simulator is on)."""
-    if importlib.util.find_spec("numba_cuda") is None:
-        raise FastnnError("the cuda backend needs numba-cuda: install the cuda extra: uv sync --extra cuda")
-    if not cuda.is_available():
-        raise FastnnError("no NVIDIA GPU found: use --backend numba")
-
-
-# ---- memory --------------------------------------------------------------------------------
-def empty(shape, dtype):
-    """A new uninitialised device array."""
-    return cuda.device_array(shape, np.dtype(dtype))
-
-
-def to_device(array):
-    """A copy of a NumPy array on the GPU (C-contiguous)."""
-    return cuda.to_device(np.ascontiguousarray(array))
-
-
-def to_host(array):
-    """A NumPy copy of a device array (waits for the kernels writing it)."""
-    return array.copy_to_host()
 
 
 # ---- kernels -------------------------------------------------------------------------------
@@ -88,10 +39,11 @@ def _tile_kernels(dtype):
         linear_forward_tiles(out, inp, weight, bias, relu, cuda.blockIdx.x, cuda.gridDim.x, sa, sb)
 
     @cuda.jit
-    def backward_kernel(dweight, dbias, dinp, dout, inp, weight):
+    def backward_kernel(dweight, dbias, dinp, dout, inp, weight, input_grad):
         sa = cuda.shared.array(TILE_SHAPE, shared_dtype)
         sb = cuda.shared.array(TILE_SHAPE, shared_dtype)
-        linear_backward_tiles(dweight, dbias, dinp, dout, inp, weight, cuda.blockIdx.x, cuda.gridDim.x, sa, sb)
+        linear_backward_tiles(dweight, dbias, dinp, dout, inp, weight, input_grad, cuda.blockIdx.x,
+                              cuda.gridDim.x, sa, sb)
 
     return forward_kernel, backward_kernel
 
@@ -152,9 +104,9 @@ def _sgd_layers_kernel(weights, biases, dweights, dbiases, velocities_w, velocit
 
 
 # ---- ops (fastnn/ops.py's signatures) ------------------------------------------------------
-def gather_batch(inp, targets, images, labels, indices, scale):
-    """inp (B, C) = images[indices] * scale, targets (B,) = labels[indices]."""
-    _gather_kernel[_grid(inp.size), THREADS](inp, targets, images, labels, indices, np.float64(scale))
+def gather_batch(inp, targets, data, indices):
+    """inp (B, C) = data.images[indices] * data.scale, targets (B,) = data.labels[indices]."""
+    _gather_kernel[_grid(inp.size), THREADS](inp, targets, data.images, data.labels, indices, np.float64(data.scale))
 
 
 def linear_forward(out, inp, weight, bias):
@@ -197,14 +149,14 @@ def linear_backward(dweight, dbias, dout, inp):
     """dweight (C, OC) = inp (B, C).T @ dout (B, OC); dbias (OC) = dout summed over B."""
     _, backward_kernel = _tile_kernels(dout.dtype)
     backward_kernel[max(1, n_tiles(dweight.shape)), (TILE, TILE)](
-        dweight, dbias, nothing(2, dout.dtype), dout, inp, nothing(2, dout.dtype))
+        dweight, dbias, nothing(2, dout.dtype), dout, inp, nothing(2, dout.dtype), False)
 
 
 def linear_backward_input(dinp, dout, weight, inp):
     """dinp (B, C) = (dout (B, OC) @ weight (C, OC).T) * (inp (B, C) > 0)."""
     _, backward_kernel = _tile_kernels(dout.dtype)
     backward_kernel[max(1, n_tiles(dinp.shape)), (TILE, TILE)](
-        nothing(2, dout.dtype), nothing(1, dout.dtype), dinp, dout, inp, weight)
+        nothing(2, dout.dtype), nothing(1, dout.dtype), dinp, dout, inp, weight, True)
 
 
 def sgd_update(param, grad, velocity, lr, momentum, weight_decay):
@@ -219,38 +171,45 @@ def argmax(out, logits):
     _argmax_kernel[_grid(logits.shape[0]), THREADS](out, logits)
 
 
-def forward(acts, weights, biases):
+def forward(acts, params):
     """acts[L] (B, K) = logits of acts[0] (B, C_0); acts[l] (B, C_l) = hidden ReLU outputs. L launches."""
+    weights, biases = params
     L = len(weights)
-    for l in range(L - 1):
-        linear_relu_forward(acts[l + 1], acts[l], weights[l], biases[l])
-    linear_forward(acts[L], acts[L - 1], weights[L - 1], biases[L - 1])
+    forward_kernel, _ = _tile_kernels(acts[0].dtype)
+    for l in range(L):  # the hidden layers with their ReLU, then the logits without
+        out = acts[l + 1]
+        forward_kernel[max(1, n_tiles(out.shape)), (TILE, TILE)](out, acts[l], weights[l], biases[l], l < L - 1)
 
 
-def train_step1(weights, biases, dweights, dbiases, velocities_w, velocities_b, acts, dacts, dlogits, targets,
-                images, labels, indices, scale, lr, momentum, weight_decay):
+def train_step(params, grads, optimizer, buffers, data, indices, lr, hyper):
     """fastnn.ops.train_step in 2L + 3 launches; returns (loss, n_correct) as DeviceScalars."""
+    weights, biases = params
+    acts, douts, targets, _ = buffers
     L, dtype = len(weights), weights[0].dtype
     _, backward_kernel = _tile_kernels(dtype)
-    gather_batch(acts[0], targets, images, labels, indices, scale)
-    forward(acts, weights, biases)
+    gather_batch(acts[0], targets, data, indices)
+    forward(acts, params)
     log = step_log()
     first = log.claim(1)
-    _xent_kernel[1, THREADS](dlogits, acts[L], targets, log.device, first % len(log))
-    dout = dlogits
+    _xent_kernel[1, THREADS](douts[L - 1], acts[L], targets, log.device, first % len(log))
     for l in range(L - 1, -1, -1):
-        dinp = dacts[l] if l > 0 else nothing(2, dtype)  # pixels need no gradient
+        dinp = douts[l - 1] if l > 0 else nothing(2, dtype)  # the pixels need no gradient
         backward_kernel[max(1, n_tiles(weights[l].shape) + n_tiles(dinp.shape)), (TILE, TILE)](
-            dweights[l], dbiases[l], dinp, dout, acts[l], weights[l])
-        dout = dinp
-    real = dtype.type
+            grads.weights[l], grads.biases[l], dinp, douts[l], acts[l], weights[l], l > 0)
+    real = dtype.type  # scalars in the parameters' dtype: float32 math stays float32
+    velocity = optimizer.velocity
     n = sum(w.size + b.size for w, b in zip(weights, biases))
-    _sgd_layers_kernel[_grid(n), THREADS](tuple(weights), tuple(biases), tuple(dweights), tuple(dbiases),
-                                          tuple(velocities_w), tuple(velocities_b), real(lr), real(momentum),
-                                          real(weight_decay))
+    _sgd_layers_kernel[_grid(n), THREADS](tuple(weights), tuple(biases), tuple(grads.weights), tuple(grads.biases),
+                                          tuple(velocity.weights), tuple(velocity.biases), real(lr),
+                                          real(hyper.momentum), real(hyper.weight_decay))
     return metrics(first, 1)[0]
 
 
-TRAIN_STEPS = {1: train_step1, 2: cuda_persistent.train_step}
-train_step = TRAIN_STEPS[1]
-train_steps = cuda_persistent.train_steps  # S steps in one launch: see kernels/cuda_persistent.py
+def train_steps(params, grads, optimizer, buffers, data, steps, hyper):
+    """fastnn.ops.train_steps as S train_steps of 2L + 3 launches each; returns (losses, n_correct),
+    lists of DeviceScalars. steps.indices (S, B) and steps.lrs (S,) are device arrays."""
+    lrs = steps.lrs.copy_to_host()  # (S,) read on the host, one small copy per call
+    results = [train_step(params, grads, optimizer, buffers, data, steps.indices[s], float(lrs[s]), hyper)
+               for s in range(len(lrs))]
+    return [loss for loss, _ in results], [n_correct for _, n_correct in results]
+

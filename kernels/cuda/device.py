@@ -5,9 +5,9 @@ features, K = classes, N = dataset rows.
 
 How the work is cut. Matmul-shaped ops are computed in TILE x TILE output tiles by blocks of
 (TILE, TILE) threads, one thread per output element, and the `*_tiles(..., first, step, ...)`
-functions do tiles first, first + step, ...: the one-kernel-per-op version (kernels/cuda.py) launches
+functions do tiles first, first + step, ...: the one-kernel-per-op version (kernels/cuda/ops.py) launches
 one block per tile and calls them with (blockIdx.x, gridDim.x); the persistent kernel
-(kernels/cuda_persistent.py) has fewer blocks than tiles and the same call loops each block over
+(kernels/cuda/persistent.py) has fewer blocks than tiles and the same call loops each block over
 several. Every thread of a block must make the same tile calls: they hold syncthreads. Elementwise
 functions take a flat thread number and the total thread count (a grid-stride loop), and the
 row-wise ones give each thread whole rows: with K = 10 classes a row is 10 numbers, too few to share
@@ -111,16 +111,18 @@ def linear_forward_tiles(out, inp, weight, bias, relu, first, step, sa, sb):
 
 
 @cuda.jit(device=True)
-def linear_backward_tiles(dweight, dbias, dinp, dout, inp, weight, first, step, sa, sb):
+def linear_backward_tiles(dweight, dbias, dinp, dout, inp, weight, input_grad, first, step, sa, sb):
     """The three gradients of one layer, tiles first, first + step, ... of their concatenation.
 
-    dweight (C, OC) = inp (B, C).T @ dout (B, OC), then dinp (B, C) = (dout @ weight (C, OC).T) * (inp > 0);
-    dbias (OC) = dout summed over B is written by the first tile row of dweight. They only read dout,
-    inp and weight, so one launch computes all three (dinp of shape (0, 0) has no tiles: first layer).
+    dweight (C, OC) = inp (B, C).T @ dout (B, OC), then, if input_grad, dinp (B, C) = (dout @ weight
+    (C, OC).T) * (inp > 0); dbias (OC) = dout summed over B is written by the first tile row of dweight.
+    They only read dout, inp and weight, so one launch computes all three. The first layer passes
+    input_grad False: the pixels need no gradient, and dinp is then not touched.
     """
     zero = dinp.dtype.type(0)
     tiles_dweight = _tile_count(dweight)
-    for tile in range(first, tiles_dweight + _tile_count(dinp), step):
+    tiles_dinp = _tile_count(dinp) if input_grad else 0
+    for tile in range(first, tiles_dweight + tiles_dinp, step):
         if tile < tiles_dweight:
             row0, col0 = _tile_origin(dweight, tile)
             acc, colsum = _matmul_tile(inp, True, dout, False, row0, col0, inp.shape[0], row0 == 0, sa, sb)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from fastnn import ops
+from fastnn.step import Data, Hyper, Layers, training_state
 
 EPS = 1e-6  # central differences in float64: truncation ~EPS^2, rounding ~1e-16/EPS, both << 1e-7
 
@@ -122,7 +123,7 @@ def test_gather_batch_scales_uint8_and_picks_labels():
     images = np.array([[0, 255], [51, 102], [255, 0]], np.uint8)
     labels = np.array([7, 8, 9])
     inp, targets = np.empty((2, 2), np.float32), np.empty(2, np.int64)
-    ops.gather_batch(inp, targets, images, labels, np.array([2, 1]), 1 / 255)
+    ops.gather_batch(inp, targets, Data(images, labels, 1 / 255), np.array([2, 1]))
     np.testing.assert_allclose(inp, [[1.0, 0.0], [0.2, 0.4]], rtol=1e-6)
     assert targets.tolist() == [9, 8]
 
@@ -139,24 +140,20 @@ def test_train_step_gradients_of_the_whole_model_match_finite_differences(hidden
     rng = np.random.default_rng(5)
     B, C, K = 4, 9, 3
     sizes = [C, *hidden, K]
-    weights = tuple(rng.standard_normal((a, b)) for a, b in zip(sizes[:-1], sizes[1:]))
-    biases = tuple(rng.standard_normal(b) * 0.1 for b in sizes[1:])
+    params = Layers(tuple(rng.standard_normal((a, b)) for a, b in zip(sizes[:-1], sizes[1:])),
+                    tuple(rng.standard_normal(b) * 0.1 for b in sizes[1:]))
     images, labels = rng.standard_normal((B, C)), rng.integers(0, K, B)
-    acts = tuple(np.empty((B, s)) for s in sizes)
-    dacts = (np.empty((0, 0)),) + tuple(np.empty((B, s)) for s in sizes[1:-1])
-    dweights, dbiases = tuple(np.empty_like(w) for w in weights), tuple(np.empty_like(b) for b in biases)
-    vel_w, vel_b = tuple(np.zeros_like(w) for w in weights), tuple(np.zeros_like(b) for b in biases)
-    dlogits, targets = np.empty((B, K)), np.empty(B, np.int64)
+    state = training_state(ops, params, B)
+    weights, biases = state.params
 
     def loss():
-        step_acts = tuple(np.empty_like(a) for a in acts)
-        step_acts[0][:] = images
-        ops.forward(step_acts, weights, biases)
-        return ops.softmax_cross_entropy(np.empty((B, K)), step_acts[-1], labels)
+        acts = tuple(np.empty((B, s)) for s in sizes)
+        acts[0][:] = images
+        ops.forward(acts, state.params)
+        return ops.softmax_cross_entropy(np.empty((B, K)), acts[-1], labels)
 
-    value, _ = ops.train_step(weights, biases, dweights, dbiases, vel_w, vel_b, acts, dacts, dlogits, targets,
-                              images, labels, np.arange(B), 1.0, 0.0, 0.0, 0.0)
+    value, _ = ops.train_step(*state, Data(images, labels, 1.0), np.arange(B), 0.0, Hyper(0.0, 0.0))
     assert value == pytest.approx(loss(), rel=1e-12)
-    for w, dw, b, db in zip(weights, dweights, biases, dbiases):
+    for w, dw, b, db in zip(weights, state.grads.weights, biases, state.grads.biases):
         np.testing.assert_allclose(dw, numerical_gradient(loss, w), rtol=1e-6, atol=1e-8)
         np.testing.assert_allclose(db, numerical_gradient(loss, b), rtol=1e-6, atol=1e-8)

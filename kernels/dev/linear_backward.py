@@ -1,7 +1,7 @@
 """Numbered versions of the weight gradient: dweight (C, OC) = inp (B, C).T @ dout (B, OC), dbias (OC).
 
-    uv run python -m kernels.linear_backward      # check every version against fastnn.ops, then time them
-    uv run python -m kernels.linear_backward 3    # only version 3
+    uv run python -m kernels.dev.linear_backward      # check every version against fastnn.ops, then time them
+    uv run python -m kernels.dev.linear_backward 3    # only version 3
 
 B = batch size (the reduction: only 64 long), C = 784 pixels, OC = hidden units. Every version splits
 over C, so each parallel task owns whole rows of dweight and adds the batch in row order
@@ -14,7 +14,9 @@ over C, so each parallel task owns whole rows of dweight and adds the batch in r
        where zeros come in runs), four batch rows per pass over dweight[c], all-zero groups skipped
     5  4 x 2 register block: four batch rows go into two rows of dweight per pass, so each chunk of
        dout feeds two FMAs (kernels.cpu.linear_backward)
-GFLOP/s count dense FLOPs (2 B C OC), so the sparse versions show an effective rate.
+GFLOP/s count dense FLOPs (2 B C OC), so the sparse versions show an effective rate. These versions
+are compiled afresh on every run (no cache=True): they take FASTMATH from kernels.cpu, and a cached
+copy would not notice it change.
 
 Tried and not kept: listing each column's nonzero batch rows first (a branch-free compaction into
 scratch), then adding them four per pass. It does 19% of the dense FMAs instead of 5's 42%, but the
@@ -28,11 +30,11 @@ from numba import njit, prange
 
 from fastnn import ops
 from kernels import cpu
-from kernels.config import FASTMATH
-from kernels.harness import check_then_time
+from kernels.cpu import FASTMATH
+from kernels.dev.harness import check_then_time
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH)
 def _dbias(dbias, dout):
     """dbias (OC) = dout (B, OC) summed over the batch, serially in row order."""
     for j in range(dout.shape[1]):
@@ -42,7 +44,7 @@ def _dbias(dbias, dout):
             dbias[j] += dout[b, j]
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH)
 def linear_backward1(dweight, dbias, dout, inp):
     B, C = inp.shape
     OC = dout.shape[1]
@@ -56,7 +58,7 @@ def linear_backward1(dweight, dbias, dout, inp):
     _dbias(dbias, dout)
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH)
 def linear_backward2(dweight, dbias, dout, inp):
     B, C = inp.shape
     OC = dout.shape[1]
@@ -71,7 +73,7 @@ def linear_backward2(dweight, dbias, dout, inp):
     _dbias(dbias, dout)
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH)
 def linear_backward3(dweight, dbias, dout, inp):
     B, C = inp.shape
     OC = dout.shape[1]
@@ -87,7 +89,7 @@ def linear_backward3(dweight, dbias, dout, inp):
     _dbias(dbias, dout)
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH)
 def linear_backward4(dweight, dbias, dout, inp):
     B, C = inp.shape
     OC = dout.shape[1]

@@ -1,7 +1,7 @@
 """Numbered versions of the first layer's forward: out (B, OC) = relu(inp (B, C) @ weight (C, OC) + bias (OC)).
 
-    uv run python -m kernels.linear_forward      # check every version against fastnn.ops, then time them
-    uv run python -m kernels.linear_forward 3    # only version 3
+    uv run python -m kernels.dev.linear_forward      # check every version against fastnn.ops, then time them
+    uv run python -m kernels.dev.linear_forward 3    # only version 3
 
 B = batch size, C = 784 pixels, OC = hidden units; weight is stored (C, OC) as everywhere in fastnn.
     1  naive: one dot product per output, down a strided column of weight (no vectorisation)
@@ -13,8 +13,8 @@ B = batch size, C = 784 pixels, OC = hidden units; weight is stored (C, OC) as e
        inputs skipped with one branch (kernels.cpu.linear_relu_forward; train_step runs the same
        block on two fixed halves of the pixels, one per core)
 GFLOP/s count dense FLOPs (2 B C OC), so the sparse versions show an effective rate. Only the
-winner lives in kernels/cpu.py; the others import nothing jitted from it (numba's cache would not
-see a changed callee in another file).
+winner lives in kernels/cpu.py. These versions are compiled afresh on every run (no cache=True): they
+take FASTMATH from kernels.cpu, and a cached copy would not notice it change.
 """
 import sys
 
@@ -23,11 +23,11 @@ from numba import njit, prange
 
 from fastnn import ops
 from kernels import cpu
-from kernels.config import FASTMATH
-from kernels.harness import check_then_time
+from kernels.cpu import FASTMATH
+from kernels.dev.harness import check_then_time
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH)
 def linear_relu_forward1(out, inp, weight, bias):
     B, C = inp.shape
     OC = weight.shape[1]
@@ -40,7 +40,7 @@ def linear_relu_forward1(out, inp, weight, bias):
             out[b, j] = 0 if total < 0 else total
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH)
 def linear_relu_forward2(out, inp, weight, bias):
     B, C = inp.shape
     OC = weight.shape[1]
@@ -57,7 +57,7 @@ def linear_relu_forward2(out, inp, weight, bias):
                 out[b, j] = 0
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH)
 def linear_relu_forward3(out, inp, weight, bias):
     B, C = inp.shape
     OC = weight.shape[1]
@@ -75,7 +75,7 @@ def linear_relu_forward3(out, inp, weight, bias):
                 out[b, j] = 0
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH)
 def linear_relu_forward4(out, inp, weight, bias):
     B, C = inp.shape
     OC = weight.shape[1]

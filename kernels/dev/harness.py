@@ -1,18 +1,17 @@
-"""Shared by the numbered-version modules (kernels/linear_forward.py, kernels/linear_backward.py):
+"""Shared by the numbered-version modules (kernels/dev/linear_forward.py, linear_backward.py):
 real MNIST batches, a check of every version against the reference, and timing that gives every call
 a fresh batch.
 
 Fresh data matters: on one repeated batch the branch predictor learns its zero pattern and the
 zero-skipping kernels look 30-50% faster than they run in training.
 """
-import gzip
 import time
-from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-MNIST_IMAGES = Path(__file__).resolve().parents[1] / "fastnn" / "datasets" / "mnist" / "train-images-idx3-ubyte.gz"
+from fastnn.data import load_dataset
+
 N_BATCHES = 32  # distinct batches cycled through while timing
 TIMED_CALLS = 300  # per version; the median is reported
 WARMUP_CALLS = 20
@@ -20,8 +19,7 @@ WARMUP_CALLS = 20
 
 def mnist_batches(B, n, dtype=np.float32, seed=0):
     """n random batches of B MNIST training images, (B, 784) pixels scaled to [0, 1]."""
-    with gzip.open(MNIST_IMAGES) as f:
-        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 784)
+    images = load_dataset("mnist").train_images  # (60000, 784) uint8, checksum-verified
     rng = np.random.default_rng(seed)
     return [(images[rng.choice(len(images), B, replace=False)] / 255).astype(dtype) for _ in range(n)]
 
@@ -42,7 +40,7 @@ def benchmark(versions, reference, load, flops):
     """Time the NumPy reference and each numbered version in this one process; print a table.
 
     versions: {number: zero-argument callable}. NumPy runs with its BLAS threads; the Numba versions
-    run with BLAS capped at one thread, because spinning BLAS threads slow Numba's pool (NUMBA.md).
+    run with BLAS capped at one thread, because spinning BLAS threads slow Numba's pool (docs/numba.md).
     """
     ref_seconds = time_fresh(reference, load)
     print(f"{'version':>8} {'time (us)':>10} {'GFLOP/s':>8} {'vs numpy':>9}")
@@ -54,7 +52,7 @@ def benchmark(versions, reference, load, flops):
 
 
 def check_then_time(argv, kernels, reference, make_inputs, B=64, C=784):
-    """`python -m kernels.<module> [N]`: check version N (all by default) against the reference on
+    """`python -m kernels.dev.<module> [N]`: check version N (all by default) against the reference on
     every batch, then time it, for a layer of OC = 128 and 512 outputs.
 
     kernels: {number: kernel(*outputs, *inputs)}; reference: the fastnn.ops op, same signature.

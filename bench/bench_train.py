@@ -1,0 +1,49 @@
+"""Whole training per backend: a train_steps call as the training loop makes it, and whole epochs.
+
+    uv run pytest --benchmark-only bench/bench_train.py
+    uv run pytest --benchmark-only bench/bench_train.py -k "epoch and 128"
+
+An epoch is fastnn.training.Trainer.run_epoch, the very loop MLP.fit runs: a shuffle, then every batch
+(the partial last one included) in calls of STEPS_PER_CALL steps, without evaluation. Its dense FLOPs
+(forward and backward, 2 per multiply-add) are ~24.5 GFLOP for 784-128-10.
+"""
+import numpy as np
+import pytest
+
+from bench.workload import backend_op, dense_flops, describe, epoch_plan, mnist_data, preset_settings
+from fastnn.step import Steps, he_init, training_state
+from fastnn.training import STEPS_PER_CALL, Trainer
+
+CONFIGS = {  # name -> layer sizes, training settings
+    "784-128-10 B=64": ((784, 128, 10), preset_settings("seed")),  # the seed program
+    "784-512-10 B=256": ((784, 512, 10), preset_settings("default", batch_size=256)),  # a wide layer, big batches
+}
+EPOCH_ROUNDS = 5  # a numpy epoch of the seed config takes ~0.5-0.9 s
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_train_steps(benchmark, ops, mnist, config):
+    """One train_steps call of STEPS_PER_CALL steps on fresh real batches (the same ones every round)."""
+    sizes, settings = CONFIGS[config]
+    fn, B = backend_op(ops, "train_steps"), settings.batch_size
+    state = training_state(ops, he_init(sizes, np.float32, seed=42), B)
+    data = ops.prepare_data(*mnist_data(*mnist))
+    order, lrs = epoch_plan(settings, np.random.default_rng(0), len(mnist[0]))
+    steps = Steps(ops.to_device(order[:STEPS_PER_CALL * B].reshape(STEPS_PER_CALL, B)),
+                  ops.to_device(np.asarray(lrs[:STEPS_PER_CALL])))
+    describe(benchmark, "train_steps", f"{config} x{STEPS_PER_CALL}", STEPS_PER_CALL * dense_flops(sizes, B),
+             B=B, H=sizes[1])
+    fn(*state, data, steps, settings.hyper)  # Numba compiles on the first call: outside the timer
+    benchmark(fn, *state, data, steps, settings.hyper)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_epoch(benchmark, ops, mnist, config):
+    """One epoch over the 60000 training images; the warm-up epoch compiles and is not timed."""
+    sizes, settings = CONFIGS[config]
+    backend_op(ops, "train_steps")
+    trainer = Trainer(ops, he_init(sizes, np.float32, seed=42), settings.batch_size, settings.hyper)
+    data, rng = ops.prepare_data(*mnist_data(*mnist)), np.random.default_rng(0)
+    describe(benchmark, "epoch", config, dense_flops(sizes, len(mnist[0])), B=settings.batch_size, H=sizes[1])
+    benchmark.pedantic(lambda: trainer.run_epoch(data, *epoch_plan(settings, rng, len(mnist[0]))),
+                       rounds=EPOCH_ROUNDS, iterations=1, warmup_rounds=1)

@@ -1,0 +1,33 @@
+"""The numbered kernel versions in kernels/dev/ against the reference, and the backend's use of the winner.
+
+    uv run pytest tests/test_kernel_versions.py -q
+"""
+import numpy as np
+import pytest
+
+from kernels import cpu
+from kernels.dev import linear_backward, linear_forward
+from tests.helpers import DTYPES, compare_op, nans, values
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("number", sorted(linear_forward.KERNELS))
+def test_linear_forward_versions(number, dtype):
+    rng = np.random.default_rng(8)
+    B, C, OC = 13, 784, 40
+    compare_op(cpu, "linear_relu_forward", nans((B, OC), dtype), values(rng, (B, C), dtype, "sparse"),
+               values(rng, (C, OC), dtype), values(rng, OC, dtype), kernel=linear_forward.KERNELS[number])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("number", sorted(linear_backward.KERNELS))
+def test_linear_backward_versions(number, dtype):
+    rng = np.random.default_rng(9)
+    B, C, OC = 13, 784, 40
+    compare_op(cpu, "linear_backward", nans((C, OC), dtype), nans(OC, dtype), values(rng, (B, OC), dtype),
+               values(rng, (B, C), dtype, "sparse"), kernel=linear_backward.KERNELS[number])
+
+
+def test_versions_tables_end_with_the_backend_kernel():
+    assert linear_forward.KERNELS[max(linear_forward.KERNELS)] is cpu.linear_relu_forward
+    assert linear_backward.KERNELS[max(linear_backward.KERNELS)] is cpu.linear_backward
