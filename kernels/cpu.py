@@ -1,53 +1,67 @@
 """The Numba backend: every op of fastnn/ops.py as a jitted CPU kernel, same names, signatures, meaning.
 
     from kernels import cpu
-    losses, n_correct = cpu.train_steps(params, grads, optimizer, buffers, data, steps, hyper)  # fastnn/step.py
+    data = cpu.prepare_data(images, labels, 1 / 255)  # once per fit: sparse images also kept as CSR
+    losses, n_correct = cpu.train_steps(params, grads, optimizer, buffers, data, steps, hyper)
 
 Dimension letters (fastnn/ops.py's): B = batch size, C = input features of a layer, OC = output
-features, K = classes. Weights are stored (C, OC). Outputs come first and are overwritten.
+features, K = classes, L = layers. Weights are stored (C, OC). Outputs come first and are overwritten.
 
-Parallelism: each prange iteration owns whole rows of its outputs (no races, no atomics), and every
-sum runs in a fixed order inside one iteration, so results are bitwise identical run to run and for
-any thread count. Kernels allocate nothing: the model owns every buffer and passes views (a partial
-last batch is `buf[:n]`, still C-contiguous). They do not validate either; the model does, once.
+How train_steps computes a step:
+- A first layer fed sparse images (MNIST: 81% exact zeros) works on their non-zeros only, kept in CSR
+  form by prepare_data: its forward adds, for each image, the weight rows of its non-zero pixels; its
+  weight gradient adds each non-zero pixel's share into that pixel's weight row. The work is
+  proportional to the non-zeros.
+- Every dense product (hidden layers' forward, input gradient and weight gradient; the last layer)
+  runs on one register block, _dot_tile: 4 x 4 outputs, each a sum along an axis contiguous in both
+  operands, which LLVM vectorises with the 16 sums in vector registers. For that, each kernel also
+  writes the transpose of what it produces (cheaply, a tile at a time) for the kernel that reads it
+  along the other axis, and the updates keep each weight's transpose current, in the scratch memory.
+- The last layer (the K classes) and the loss run per block of four samples.
+A step is 2L + 1 parallel regions for L layers, each a loop over fixed-size blocks of its outputs.
 
-Where the time goes: the first layer's forward and weight gradient are ~98% of the FLOPs. LLVM
-vectorises their loops along OC with the accumulator in memory (Numba has no vector registers to hold
-a tile of outputs), so the kernels hold small register blocks in scalars instead (2 x 4 in the forward,
-4 x 2 in the weight gradient) and do less work: MNIST pixels are 81% exact zeros, in runs along each
-row, and a block whose inputs are all exactly 0 is skipped with one branch. (Skipping instead of adding
-0 * w differs from the dense product only where a weight or gradient is inf or NaN.) train_step also
-fuses each weight gradient with its SGD update, gives each core a fixed half of every hidden layer's
-weights, and computes the narrow last layer (K = 10 classes, shorter than a vector register) in
-dot-product form from transposed copies. The numbered versions that led here are in
-kernels/dev/linear_forward.py and kernels/dev/linear_backward.py.
+Parallelism: each block of outputs is owned by one iteration, which adds in a fixed order: results
+are bitwise identical run to run and for any number of threads, and more cores take more blocks.
+Kernels allocate nothing in parallel code: the model owns every buffer and passes views (a partial
+last batch is `buf[:n]`). They do not validate either; the model does, once.
 
-Every jitted function that train_step calls lives in this module: numba's cache does not notice a
-changed jitted callee in another file (numba PR #8396), so a split module would run stale code.
+Two numba rules shape the inner loops (docs/numba.md): rows are indexed in place, not sliced into
+views (each view costs two atomic reference-count updates), and a loop index that numba cannot prove
+non-negative runs unsigned (range(uint64(a), uint64(b))): the wraparound check numba adds for
+negative signed indices stops LLVM from vectorising.
+
+Every jitted function that train_steps calls, and every tunable they read, lives in this module:
+numba's cache notices changes to a function's own file only. The numbered versions that led here are
+in kernels/dev/.
 """
+from typing import NamedTuple
+
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, uint64
 
-from fastnn.step import Data
+from fastnn.step import Steps
 
 # ---- tunables ----------------------------------------------------------------------------------
-# They live here, beside the kernels that use them, on purpose: numba freezes a global's value into
-# the compiled code, and its on-disk cache is invalidated only when this file changes. A constant
-# imported from another module could be edited without any kernel being recompiled.
-# Measured on the 2-core dev machine (see the module docstring and kernels/dev/).
+# They live here, beside the kernels that read them, on purpose: numba freezes a global's value into
+# the compiled code, and its on-disk cache is invalidated only when this file changes.
 
 # Every fast-math flag except nnan/ninf: NaN and inf keep their meaning (a diverged loss stays NaN).
 # reassoc + contract are what let float reductions vectorise and fuse into FMAs (5x without them).
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+# A dense product's parallel task: a panel of PANEL_ROWS x PANEL_COLS outputs. Column panels run
+# outermost, so a thread's consecutive panels share the same 64 rows of the second operand (64 x 1024
+# floats = 256 KiB), which stay in its L2 while the rows of the first stream past.
+PANEL_ROWS = 16
+PANEL_COLS = 64
+# The sparse weight gradient's parallel task: PIXEL_BLOCK rows of the first weight (at most 64: a
+# bit mask of int64 records which rows the batch touched).
+PIXEL_BLOCK = 16
+# Images with at most this share of non-zero pixels take the sparse first layer (MNIST: 0.19).
+SPARSE_DENSITY = 0.5
 # Elements per parallel task of sgd_update; a smaller array (a bias) is one task, updated serially,
 # since waking the thread pool costs more than the work.
 SGD_CHUNK = 16384
-# Rows of dweight per parallel task in linear_backward: 32 rows of 128 floats stay in L1.
-DWEIGHT_ROWS = 32
-# train_step computes a last layer with at most this many outputs (the 10 classes) from transposed
-# copies: row updates narrower than a vector register barely vectorise.
-NARROW_MAX = 16
 
 # Start Numba's thread pool now. train_steps and forward are cached serial functions that call parallel
 # kernels; when one was compiled while its kernels came from the cache, its own cache entry misses the
@@ -61,123 +75,328 @@ to_device = np.ascontiguousarray
 to_host = np.asarray
 
 
-def prepare_data(images, labels, scale):
-    """The training set for a whole fit: host arrays, as the reference keeps them."""
-    return Data(images, labels, scale)
-
-
 @njit(cache=True)
-def _is_narrow(K, L):
-    """Whether train_step runs the last layer (K outputs, of L layers) from transposed copies."""
-    # A single layer has no hidden ReLU to backpropagate into: it takes the general path.
-    return K <= NARROW_MAX and L > 1
+def _cdiv(n, d):
+    return (n + d - 1) // d
 
 
+# ---- the training set ---------------------------------------------------------------------------
+class CsrData(NamedTuple):
+    """The training set as this backend keeps it: fastnn.step.Data's fields and, when the images are
+    sparse, their non-zeros in compressed sparse row (CSR) form."""
+    images: np.ndarray  # (N, C) uint8 or float
+    labels: np.ndarray  # (N,) int64
+    scale: float  # a pixel's value is images[i, c] * scale
+    sparse: bool  # whether the first layer runs on the non-zeros below
+    row_start: np.ndarray  # (N + 1,) int64: image i's non-zeros are entries row_start[i]:row_start[i + 1]
+    columns: np.ndarray  # (nnz,) int32 pixel of each non-zero, ascending within an image
+    values: np.ndarray  # (nnz,) its value, as stored in images
+
+
+@njit(parallel=True, cache=True)
+def _count_nonzeros(counts, images):
+    """counts (N,) = the number of non-zero pixels of each image (N, C)."""
+    # prange over images: iteration i owns counts[i]
+    for task in prange(images.shape[0]):
+        i = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
+        n = 0
+        for c in range(images.shape[1]):
+            n += images[i, c] != 0
+        counts[i] = n
+
+
+@njit(parallel=True, cache=True)
+def _fill_csr(columns, values, row_start, images):
+    """The non-zeros of images (N, C), row by row, into columns and values at the offsets row_start."""
+    # prange over images: iteration i owns entries row_start[i]:row_start[i + 1]
+    for task in prange(images.shape[0]):
+        i = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
+        p = row_start[i]
+        for c in range(images.shape[1]):
+            if images[i, c] != 0:
+                columns[p] = c
+                values[p] = images[i, c]
+                p += 1
+
+
+def prepare_data(images, labels, scale):
+    """The training set for a whole fit: the arrays as given, plus a CSR copy of the images' non-zeros
+    when at most SPARSE_DENSITY of the pixels are non-zero (MNIST's 60000 images: 9.0 M non-zeros,
+    45 MB as int32 columns and uint8 values)."""
+    counts = np.empty(len(images), np.int64)
+    _count_nonzeros(counts, images)
+    nnz = int(counts.sum())
+    sparse = nnz <= SPARSE_DENSITY * images.size
+    row_start = np.zeros(len(images) + 1 if sparse else 0, np.int64)
+    columns, values = np.empty(nnz if sparse else 0, np.int32), np.empty(nnz if sparse else 0, images.dtype)
+    if sparse:
+        np.cumsum(counts, out=row_start[1:])
+        _fill_csr(columns, values, row_start, images)
+    return CsrData(images, labels, scale, sparse, row_start, columns, values)
+
+
+# ---- the scratch memory of train_steps ------------------------------------------------------------
 @njit(cache=True)
 def scratch_size(sizes, batch_size):
     """Floats of StepBuffers.scratch that train_steps uses for layer sizes (C_0, ..., K).
 
-    The hidden layers' forward sums each half of its inputs separately: one (B, C_l+1) buffer of
-    partial sums. A narrow last layer keeps weight.T and dweight.T: 2 * K * C_L-1 floats. The two are
-    never needed at the same time. (Jitted, so that train_steps checks the scratch with this very code.)
+    First what lasts from step to step: weight.T of every layer, which the updates keep current.
+    Then what each step rewrites: each sample's loss and whether it was classified right (summed in
+    sample order after the step); for sparse images, where each sample's non-zeros cross into each
+    block of PIXEL_BLOCK pixels (int32); and the transposes of every layer's input and output gradient.
     """
-    L, K = len(sizes) - 1, sizes[-1]
-    widest_hidden = 0
-    for l in range(1, L):
-        widest_hidden = max(widest_hidden, sizes[l])
-    transposes = 2 * K * sizes[L - 1] if _is_narrow(K, L) else 0
-    return max(batch_size * widest_hidden, transposes)
+    B = batch_size
+    total = 2 * B + B * (_cdiv(sizes[0], PIXEL_BLOCK) + 1)
+    for l in range(len(sizes) - 1):
+        total += sizes[l] * sizes[l + 1] + (sizes[l] + sizes[l + 1]) * B
+    return total
 
 
+@njit(cache=True)
+def _weight_t(scratch, weights, l):
+    """Layer l's weight.T (C_l+1, C_l): the transposes come first, one after another."""
+    offset = 0
+    for i in range(l):
+        offset += weights[i].size
+    C, OC = weights[l].shape
+    return scratch[offset:offset + C * OC].reshape((OC, C))
+
+
+@njit(cache=True)
+def _step_parts(scratch, weights, B):
+    """What a step of B rows rewrites, after the weight transposes: (losses (B,), correct (B,),
+    pixel-block starts (B, blocks + 1) int32, offset of the per-layer transposes)."""
+    offset = 0
+    for w in weights:
+        offset += w.size
+    n = _cdiv(weights[0].shape[0], PIXEL_BLOCK) + 1
+    losses, correct = scratch[offset:offset + B], scratch[offset + B:offset + 2 * B]
+    # int32 positions in the float scratch: as many of them as floats (float32), or twice as many
+    block_start = scratch[offset + 2 * B:offset + 2 * B + B * n].view(np.int32).reshape((-1, n))[:B]
+    return losses, correct, block_start, offset + 2 * B + B * n
+
+
+@njit(cache=True)
+def _transposes(scratch, weights, B, l):
+    """Layer l's (inp.T (C_l, B), dout.T (C_l+1, B)) for a step of B rows."""
+    offset = _step_parts(scratch, weights, B)[3]
+    for i in range(l):
+        offset += (weights[i].shape[0] + weights[i].shape[1]) * B
+    C, OC = weights[l].shape
+    inp_t = scratch[offset:offset + C * B].reshape((C, B))
+    return inp_t, scratch[offset + C * B:offset + (C + OC) * B].reshape((OC, B))
+
+
+# ---- the register block every dense product is made of ---------------------------------------------
+@njit(fastmath=FASTMATH, cache=True)
+def _dot_tile(out, a, bt, i0, j0):
+    """out[i0:i0+4, j0:j0+4] = a[i0:i0+4] (4, K) @ bt[j0:j0+4] (4, K).T.
+
+    Dot-product form: both operands are contiguous along K, so LLVM vectorises the k loop and keeps
+    the 16 sums in vector registers: 8 vector loads feed 16 FMAs (with AVX-512: 16 zmm accumulators;
+    `python -m kernels.dev.dense --asm` prints the loop). Spelling out the 16 scalars is what makes
+    LLVM do it; a 4 x 4 array of sums would live in memory.
+    """
+    K = a.shape[1]
+    zero = out.dtype.type(0)
+    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = zero
+    c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = zero
+    for k in range(K):
+        a0, a1, a2, a3 = a[i0, k], a[i0 + 1, k], a[i0 + 2, k], a[i0 + 3, k]
+        b0, b1, b2, b3 = bt[j0, k], bt[j0 + 1, k], bt[j0 + 2, k], bt[j0 + 3, k]
+        c00 += a0 * b0
+        c01 += a0 * b1
+        c02 += a0 * b2
+        c03 += a0 * b3
+        c10 += a1 * b0
+        c11 += a1 * b1
+        c12 += a1 * b2
+        c13 += a1 * b3
+        c20 += a2 * b0
+        c21 += a2 * b1
+        c22 += a2 * b2
+        c23 += a2 * b3
+        c30 += a3 * b0
+        c31 += a3 * b1
+        c32 += a3 * b2
+        c33 += a3 * b3
+    out[i0, j0], out[i0, j0 + 1], out[i0, j0 + 2], out[i0, j0 + 3] = c00, c01, c02, c03
+    out[i0 + 1, j0], out[i0 + 1, j0 + 1], out[i0 + 1, j0 + 2], out[i0 + 1, j0 + 3] = c10, c11, c12, c13
+    out[i0 + 2, j0], out[i0 + 2, j0 + 1], out[i0 + 2, j0 + 2], out[i0 + 2, j0 + 3] = c20, c21, c22, c23
+    out[i0 + 3, j0], out[i0 + 3, j0 + 1], out[i0 + 3, j0 + 2], out[i0 + 3, j0 + 3] = c30, c31, c32, c33
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _dot_rows(a, i, bt, j):
+    """sum(a[i] * bt[j]): one vectorised reduction, for the edges of a block."""
+    total = a.dtype.type(0)
+    for k in range(a.shape[1]):
+        total += a[i, k] * bt[j, k]
+    return total
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _dot_block(out, a, bt, i0, i1, j0, j1):
+    """out[i0:i1, j0:j1] = a[i0:i1] @ bt[j0:j1].T: 4 x 4 tiles, single sums at the edges."""
+    i_tiles, j_tiles = i0 + (i1 - i0) // 4 * 4, j0 + (j1 - j0) // 4 * 4
+    for i in range(i0, i_tiles, 4):
+        for j in range(j0, j_tiles, 4):
+            _dot_tile(out, a, bt, i, j)  # (4, 4)
+    for i in range(i0, i1):
+        for j in range(j_tiles if i < i_tiles else j0, j1):
+            out[i, j] = _dot_rows(a, i, bt, j)
+
+
+@njit(cache=True)
+def _panel(p, n_row_panels, M, N):
+    """Rows [i0, i1) and columns [j0, j1) of panel p of an (M, N) output; column panels outermost."""
+    i0, j0 = p % n_row_panels * PANEL_ROWS, p // n_row_panels * PANEL_COLS
+    return i0, min(i0 + PANEL_ROWS, M), j0, min(j0 + PANEL_COLS, N)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _store_t(out_t, out, i0, i1, j0, j1):
+    """out_t[j0:j1, i0:i1] = out[i0:i1, j0:j1].T: a block just computed, still in L1."""
+    for j in range(j0, j1):
+        for i in range(uint64(i0), uint64(i1)):
+            out_t[j, i] = out[i, j]
+
+
+@njit(cache=True)
+def _transpose_rows(out, inp, n0, n1):
+    """out[n0:n1] = inp[:, n0:n1].T, 32 columns of inp at a time."""
+    M = out.shape[1]
+    for m0 in range(0, M, 32):
+        _store_t(out, inp, m0, min(m0 + 32, M), n0, n1)
+
+
+@njit(parallel=True, cache=True)
+def _transpose(out, inp):
+    """out (N, M) = inp (M, N).T, for what no kernel produces transposed (once per call of train_steps)."""
+    N = out.shape[0]
+    # prange over blocks of 32 rows of out: iteration i owns them
+    for task in prange(_cdiv(N, 32)):
+        i = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
+        _transpose_rows(out, inp, i * 32, min(i * 32 + 32, N))
+
+
+# ---- SGD ----------------------------------------------------------------------------------------
+@njit(fastmath=FASTMATH, cache=True)
+def _sgd_step(param, grad, velocity, lr, momentum, weight_decay):
+    """One parameter's SGD step: returns its new (param, velocity). Scalars in the arrays' dtype."""
+    if weight_decay != 0:  # as the reference: no 0 * param term, so an inf weight stays inf
+        grad += weight_decay * param
+    velocity = momentum * velocity + grad
+    return param - lr * velocity, velocity
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _sgd_span(param, grad, velocity, lr, momentum, weight_decay):
+    """sgd_update of 1-D arrays (a chunk, a bias), serially."""
+    for i in range(param.size):
+        param[i], velocity[i] = _sgd_step(param[i], grad[i], velocity[i], lr, momentum, weight_decay)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _sgd_block(weight, dweight, velocity, c0, c1, j0, j1, rate, mom, decay):
+    """sgd_update of the block [c0:c1, j0:j1] of 2-D arrays, in place."""
+    for c in range(c0, c1):
+        for j in range(uint64(j0), uint64(j1)):
+            weight[c, j], velocity[c, j] = _sgd_step(weight[c, j], dweight[c, j], velocity[c, j], rate, mom, decay)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _sgd_scalars(weight, lr, hyper):
+    """lr, momentum and weight decay in the weights' dtype: float64 scalars would make float32 math float64."""
+    real = weight.dtype.type
+    return real(lr), real(hyper.momentum), real(hyper.weight_decay)
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def sgd_update(param, grad, velocity, lr, momentum, weight_decay):
+    """One SGD step with optional momentum and L2 weight decay, in place (PyTorch's formulation).
+
+    g = grad + weight_decay * param;  velocity = momentum * velocity + g;  param -= lr * velocity
+    param, grad, velocity: any shape, C-contiguous.
+    """
+    param_flat, grad_flat = param.reshape(param.size), grad.reshape(grad.size)  # views, no copies
+    velocity_flat = velocity.reshape(velocity.size)
+    real = param.dtype.type
+    rate, mom, decay = real(lr), real(momentum), real(weight_decay)
+    # prange over chunks of SGD_CHUNK elements: iteration i owns its chunk of param and velocity
+    for task in prange(_cdiv(param_flat.size, SGD_CHUNK)):
+        i = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
+        chunk = slice(i * SGD_CHUNK, (i + 1) * SGD_CHUNK)
+        _sgd_span(param_flat[chunk], grad_flat[chunk], velocity_flat[chunk], rate, mom, decay)
+
+
+# ---- the ops of fastnn/ops.py ---------------------------------------------------------------------
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def gather_batch(inp, targets, data, indices):
     """Gather one mini-batch and scale it to floats (the uint8 -> float conversion fused into the copy).
 
     inp (B, C) float, targets (B,) int64 <- data (images (N, C) uint8 or float, labels (N,), scale), indices (B,).
     """
-    images, labels, scale = data
-    B, C = inp.shape
+    images, labels, scale = data.images, data.labels, data.scale
     # prange over batch rows: iteration b owns inp[b] and targets[b]
-    for b in prange(B):
-        row = indices[b]
-        for k in range(C):
-            # the product is taken in float64 and rounded once, as NumPy's uint8 * float does
-            inp[b, k] = images[row, k] * scale  # (B, C)
-        targets[b] = labels[row]
+    for task in prange(inp.shape[0]):
+        b = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
+        _gather_row(inp, targets, b, images, labels, indices[b], scale)
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _linear_two_rows(out, inp, weight, b, c0, c1):
-    """out[b:b+2] (2, OC) += inp[b:b+2, c0:c1] (2, c1 - c0) @ weight[c0:c1] (c1 - c0, OC).
-
-    A 2 x 4 register block: two batch rows take four rows of weight per pass, so each loaded chunk of
-    weight feeds two FMAs and each load and store of out feeds four (the row form alone, one FMA per
-    load and store of out, is bound by those memory accesses). A block whose 8 inputs are all exactly
-    0 is skipped: most of them for MNIST pixels (81% zeros, in runs along rows), few for ReLU outputs.
-    """
-    OC = weight.shape[1]
-    for k in range(c0, c1 - 3, 4):
-        x0, x1, x2, x3 = inp[b, k], inp[b, k + 1], inp[b, k + 2], inp[b, k + 3]
-        y0, y1, y2, y3 = inp[b + 1, k], inp[b + 1, k + 1], inp[b + 1, k + 2], inp[b + 1, k + 3]
-        # one branch, not eight (LLVM turns `x0 != 0 or ...` into a chain of branches): a sum of
-        # absolute values is 0 only when all are, and NaN inputs still go through
-        if abs(x0) + abs(x1) + abs(x2) + abs(x3) + abs(y0) + abs(y1) + abs(y2) + abs(y3) != 0:
-            for j in range(OC):
-                w0, w1, w2, w3 = weight[k, j], weight[k + 1, j], weight[k + 2, j], weight[k + 3, j]
-                out[b, j] = out[b, j] + x0 * w0 + x1 * w1 + x2 * w2 + x3 * w3
-                out[b + 1, j] = out[b + 1, j] + y0 * w0 + y1 * w1 + y2 * w2 + y3 * w3
-    for k in range(c1 - (c1 - c0) % 4, c1):
-        x, y = inp[b, k], inp[b + 1, k]
-        for j in range(OC):
-            out[b, j] += x * weight[k, j]
-            out[b + 1, j] += y * weight[k, j]
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _linear_one_row(out, inp, weight, b, c0, c1):
-    """out[b] (OC) += inp[b, c0:c1] @ weight[c0:c1]: the last row of an odd batch."""
-    for k in range(c0, c1):
-        x = inp[b, k]
-        if x != 0:
-            for j in range(weight.shape[1]):
-                out[b, j] += x * weight[k, j]
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _linear_rows(out, inp, weight, bias, b, c0, c1, with_bias):
-    """out[b:b+2] = inp[b:b+2, c0:c1] @ weight[c0:c1] (+ bias if with_bias); only row b if it is the last."""
-    rows = min(2, inp.shape[0] - b)
-    zero = out.dtype.type(0)
-    for r in range(b, b + rows):
-        for j in range(weight.shape[1]):
-            out[r, j] = bias[j] if with_bias else zero
-    if rows == 2:
-        _linear_two_rows(out, inp, weight, b, c0, c1)  # (2, OC)
-    else:
-        _linear_one_row(out, inp, weight, b, c0, c1)  # (OC,)
+def _gather_row(inp, targets, b, images, labels, row, scale):
+    """inp[b] (C,) = images[row] * scale, targets[b] = labels[row]."""
+    for k in range(inp.shape[1]):
+        # the product is taken in float64 and rounded once, as NumPy's uint8 * float does
+        inp[b, k] = images[row, k] * scale
+    targets[b] = labels[row]
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _dense_forward(out, out_t, inp, weight_t, bias, floor):
+    """out (B, OC) = max(inp (B, C) @ weight_t (OC, C).T + bias (OC), floor): floor 0 is the ReLU,
+    -inf none; out_t (OC, B) = out.T unless it has no rows (the weight gradient of the next layer
+    reads it). Flags are numbers and shapes, not booleans: numba compiles a function anew for each
+    boolean constant it is called with."""
+    B, OC = out.shape
+    n_row_panels = _cdiv(B, PANEL_ROWS)
+    # prange over panels of outputs: iteration p owns its panel of out and out_t
+    for task in prange(n_row_panels * _cdiv(OC, PANEL_COLS)):
+        p = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
+        _forward_panel(out, out_t, inp, weight_t, bias, floor, *_panel(p, n_row_panels, B, OC))
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _forward_panel(out, out_t, inp, weight_t, bias, floor, i0, i1, j0, j1):
+    """Panel [i0:i1, j0:j1] of _dense_forward."""
+    _dot_block(out, inp, weight_t, i0, i1, j0, j1)  # (i1 - i0, j1 - j0)
+    for i in range(i0, i1):  # bias and ReLU while the panel is in L1
+        for j in range(uint64(j0), uint64(j1)):
+            value = out[i, j] + bias[j]
+            out[i, j] = floor if value < floor else value  # `<`: NaN stays NaN, as with np.maximum
+    if out_t.shape[0] > 0:
+        _store_t(out_t, out, i0, i1, j0, j1)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _transposed(weight):
+    """A new (OC, C) copy of weight (C, OC).T, for the single ops (not in the training loop)."""
+    weight_t = np.empty((weight.shape[1], weight.shape[0]), weight.dtype)
+    _transpose(weight_t, weight)
+    return weight_t
+
+
+@njit(fastmath=FASTMATH, cache=True)
 def linear_forward(out, inp, weight, bias):
     """out (B, OC) = inp (B, C) @ weight (C, OC) + bias (OC)."""
-    C = inp.shape[1]
-    # prange over pairs of batch rows: task t owns out[2t:2t+2]
-    for t in prange((inp.shape[0] + 1) // 2):
-        _linear_rows(out, inp, weight, bias, 2 * t, 0, C, True)
+    _dense_forward(out, out[:0], inp, _transposed(weight), bias, -np.inf)
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, cache=True)
 def linear_relu_forward(out, inp, weight, bias):
     """out (B, OC) = relu(inp (B, C) @ weight (C, OC) + bias (OC)): a hidden layer, ReLU in the epilogue."""
-    B, C = inp.shape
-    OC = out.shape[1]
-    # prange over pairs of batch rows: task t owns out[2t:2t+2], and applies the ReLU while in L1
-    for t in prange((B + 1) // 2):
-        _linear_rows(out, inp, weight, bias, 2 * t, 0, C, True)
-        for b in range(2 * t, min(2 * t + 2, B)):
-            for j in range(OC):
-                if out[b, j] < 0:  # a comparison, not max(): NaN stays NaN, as with np.maximum
-                    out[b, j] = 0
+    _dense_forward(out, out[:0], inp, _transposed(weight), bias, 0.0)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -185,7 +404,8 @@ def relu_forward(out, inp):
     """out = max(inp, 0), elementwise (any shape, C-contiguous); out may be inp."""
     out_flat, inp_flat = out.reshape(out.size), inp.reshape(inp.size)  # views, no copies
     # prange over elements: iteration i owns out_flat[i]
-    for i in prange(out_flat.size):
+    for task in prange(out_flat.size):
+        i = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
         x = inp_flat[i]
         out_flat[i] = 0 if x < 0 else x  # NaN stays NaN
 
@@ -195,7 +415,8 @@ def relu_backward(dinp, dout, out):
     """dinp = dout where the ReLU's output is positive, else 0 (the derivative at the kink is 0)."""
     dinp_flat, dout_flat, out_flat = dinp.reshape(dinp.size), dout.reshape(dout.size), out.reshape(out.size)
     # prange over elements: iteration i owns dinp_flat[i]
-    for i in prange(dinp_flat.size):
+    for task in prange(dinp_flat.size):
+        i = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
         # a product with the mask, as the reference: a NaN gradient stays NaN even where masked
         dinp_flat[i] = dout_flat[i] * (out_flat[i] > 0)
 
@@ -222,329 +443,132 @@ def _exp_row(out, logits, b):
     return total, largest
 
 
+@njit(fastmath=FASTMATH, cache=True)
+def _softmax_xent_row(dlogits, logits, targets, b):
+    """Row b: dlogits[b] (K) = (softmax(logits[b]) - onehot(targets[b])) / B; returns the row's loss."""
+    inv_b = dlogits.dtype.type(1 / logits.shape[0])
+    total, largest = _exp_row(dlogits, logits, b)  # (K,)
+    t = targets[b]
+    for k in range(logits.shape[1]):
+        p = dlogits[b, k] / total
+        dlogits[b, k] = (p - 1 if k == t else p) * inv_b
+    # log-sum-exp minus the target's shifted logit: a tiny probability never becomes log(0)
+    return np.log(total) - (logits[b, t] - largest)
+
+
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def softmax(probs, logits):
     """probs (B, K) = softmax of logits (B, K) over classes."""
     B, K = logits.shape
     # prange over rows: iteration b owns probs[b]
-    for b in prange(B):
+    for task in prange(B):
+        b = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
         total, _ = _exp_row(probs, logits, b)  # (K,)
         for k in range(K):
             probs[b, k] /= total  # (B, K)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _softmax_xent_rows(dlogits, losses, logits, targets):
+    """dlogits (B, K) and losses (B,) of softmax_cross_entropy, row by row."""
+    # prange over rows: iteration b owns dlogits[b] and losses[b]
+    for task in prange(logits.shape[0]):
+        b = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
+        losses[b] = _softmax_xent_row(dlogits, logits, targets, b)
+
+
+@njit(cache=True)
+def _mean(values):
+    """Their mean in float64, added in order: the same bits for any thread count."""
+    total = 0.0
+    for v in values:
+        total += v
+    return total / values.size
+
+
+@njit(fastmath=FASTMATH, cache=True)
 def softmax_cross_entropy(dlogits, logits, targets):
     """Mean cross-entropy loss of softmax(logits) against targets, and its gradient.
 
     dlogits (B, K) <- (softmax(logits) - onehot(targets)) / B; logits (B, K), targets (B,) ints in
     [0, K). Returns the mean loss as a Python float.
     """
-    B, K = logits.shape
-    inv_b = dlogits.dtype.type(1 / B)
-    # prange over rows: iteration b owns dlogits[b]
-    for b in prange(B):
-        total, largest = _exp_row(dlogits, logits, b)  # (K,)
-        for k in range(K):
-            dlogits[b, k] = dlogits[b, k] / total * inv_b  # (B, K) softmax / B
-        # The row's loss, log-sum-exp minus the target's shifted logit (so a tiny probability never
-        # becomes log(0)), waits in the target's cell for the serial pass: no buffer needed.
-        t = targets[b]
-        dlogits[b, t] = np.log(total) - (logits[b, t] - largest)
-    # serial, in row order: the same bits for any thread count (B is only 64..256)
-    loss = 0.0
-    for b in range(B):
-        t = targets[b]
-        row_loss = dlogits[b, t]
-        loss += row_loss
-        dlogits[b, t] = (np.exp(-row_loss) - 1) * inv_b  # softmax at the target is exp(-row_loss)
-    return loss / B
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _dweight_rows(dweight, dout, inp, c0, c1):
-    """dweight[c0:c1] (c1 - c0, OC) = inp[:, c0:c1].T @ dout (B, OC), batch rows added in order.
-
-    A 4 x 2 register block: four batch rows go into two rows of dweight per pass, so each loaded
-    chunk of dout feeds two FMAs and each load and store of dweight feeds four. A block whose 8
-    inputs are all exactly 0 is skipped. Batch rows run outside pixels: inp is read along its rows,
-    where MNIST's zeros come in runs the branch predictor follows (down a column they are scattered).
-    """
-    B = inp.shape[0]
-    OC = dout.shape[1]
-    for c in range(c0, c1):
-        for j in range(OC):
-            dweight[c, j] = 0
-    for b in range(0, B - 3, 4):
-        for c in range(c0, c1 - 1, 2):
-            x0, x1, x2, x3 = inp[b, c], inp[b + 1, c], inp[b + 2, c], inp[b + 3, c]
-            y0, y1, y2, y3 = inp[b, c + 1], inp[b + 1, c + 1], inp[b + 2, c + 1], inp[b + 3, c + 1]
-            # one branch for the block, as in _linear_two_rows
-            if abs(x0) + abs(x1) + abs(x2) + abs(x3) + abs(y0) + abs(y1) + abs(y2) + abs(y3) != 0:
-                for j in range(OC):
-                    d0, d1, d2, d3 = dout[b, j], dout[b + 1, j], dout[b + 2, j], dout[b + 3, j]
-                    dweight[c, j] = dweight[c, j] + x0 * d0 + x1 * d1 + x2 * d2 + x3 * d3
-                    dweight[c + 1, j] = dweight[c + 1, j] + y0 * d0 + y1 * d1 + y2 * d2 + y3 * d3
-        if (c1 - c0) % 2:  # an odd last row of dweight
-            c = c1 - 1
-            x0, x1, x2, x3 = inp[b, c], inp[b + 1, c], inp[b + 2, c], inp[b + 3, c]
-            for j in range(OC):
-                dweight[c, j] = (dweight[c, j] + x0 * dout[b, j] + x1 * dout[b + 1, j]
-                                 + x2 * dout[b + 2, j] + x3 * dout[b + 3, j])
-    for b in range(B - B % 4, B):  # the last B % 4 batch rows
-        for c in range(c0, c1):
-            x = inp[b, c]
-            if x != 0:
-                for j in range(OC):
-                    dweight[c, j] += x * dout[b, j]
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _dbias(dbias, dout):
-    """dbias (OC) = dout (B, OC) summed over the batch, serially in row order (B * OC adds: small)."""
-    for j in range(dout.shape[1]):
-        dbias[j] = 0
-    for b in range(dout.shape[0]):
-        for j in range(dout.shape[1]):
-            dbias[j] += dout[b, j]
+    losses = np.empty(logits.shape[0])  # serial code: allocating here is fine
+    _softmax_xent_rows(dlogits, losses, logits, targets)
+    return _mean(losses)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _dense_dweight(dweight, dbias, inp_t, dout_t):
+    """dweight (C, OC) = inp_t (C, B) @ dout_t (OC, B).T; dbias (OC) = dout_t summed along B."""
+    C, OC = dweight.shape
+    n_row_panels = _cdiv(C, PANEL_ROWS)
+    # prange over panels of dweight: iteration p owns its panel (and those of the first rows dbias's)
+    for task in prange(n_row_panels * _cdiv(OC, PANEL_COLS)):
+        p = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
+        _dweight_panel(dweight, dbias, inp_t, dout_t, *_panel(p, n_row_panels, C, OC))
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _dweight_panel(dweight, dbias, inp_t, dout_t, c0, c1, j0, j1):
+    """Panel [c0:c1, j0:j1] of _dense_dweight, and dbias[j0:j1] for the panels of the first rows."""
+    _dot_block(dweight, inp_t, dout_t, c0, c1, j0, j1)
+    if c0 == 0:
+        for j in range(j0, j1):
+            dbias[j] = _row_sum(dout_t, j)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _row_sum(x, j):
+    """sum(x[j]): a bias gradient from a transposed output gradient."""
+    total = x.dtype.type(0)
+    for b in range(x.shape[1]):
+        total += x[j, b]
+    return total
+
+
+@njit(fastmath=FASTMATH, cache=True)
 def linear_backward(dweight, dbias, dout, inp):
     """Parameter gradients of out = inp @ weight + bias.
 
     dweight (C, OC) = inp (B, C).T @ dout (B, OC); dbias (OC) = dout summed over the batch.
     """
-    C = inp.shape[1]
-    # prange over blocks of DWEIGHT_ROWS rows of dweight: iteration i owns its block (which stays in
-    # L1 while the whole batch is added in row order)
-    for i in prange((C + DWEIGHT_ROWS - 1) // DWEIGHT_ROWS):
-        c0 = i * DWEIGHT_ROWS
-        _dweight_rows(dweight, dout, inp, c0, min(c0 + DWEIGHT_ROWS, C))  # (DWEIGHT_ROWS, OC)
-    _dbias(dbias, dout)  # (OC,)
+    _dense_dweight(dweight, dbias, _transposed(inp), _transposed(dout))
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _dense_backward_input(dinp, dinp_t, dout, weight, inp):
+    """dinp (B, C) = (dout (B, OC) @ weight (C, OC).T) * (inp > 0); dinp_t (C, B) = dinp.T unless it
+    has no rows.
+
+    Dot-product form with no transpose needed: dout's rows and weight's rows are both along OC.
+    """
+    B, C = dinp.shape
+    n_row_panels = _cdiv(B, PANEL_ROWS)
+    # prange over panels of dinp: iteration p owns its panel of dinp and dinp_t
+    for task in prange(n_row_panels * _cdiv(C, PANEL_COLS)):
+        p = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
+        _dinp_panel(dinp, dinp_t, dout, weight, inp, *_panel(p, n_row_panels, B, C))
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _dinp_panel(dinp, dinp_t, dout, weight, inp, i0, i1, j0, j1):
+    """Panel [i0:i1, j0:j1] of _dense_backward_input."""
+    _dot_block(dinp, dout, weight, i0, i1, j0, j1)
+    for i in range(i0, i1):  # the ReLU mask as a product, as the reference: NaN stays NaN
+        for j in range(uint64(j0), uint64(j1)):
+            dinp[i, j] = dinp[i, j] * (inp[i, j] > 0)
+    if dinp_t.shape[0] > 0:
+        _store_t(dinp_t, dinp, i0, i1, j0, j1)
+
+
+@njit(fastmath=FASTMATH, cache=True)
 def linear_backward_input(dinp, dout, weight, inp):
     """Gradient into the layer's input, through the ReLU that produced it.
 
     dinp (B, C) = (dout (B, OC) @ weight (C, OC).T) * (inp > 0), inp being the previous ReLU's output.
     """
-    B, C = dinp.shape
-    OC = dout.shape[1]
-    # prange over batch rows: iteration b owns dinp[b]
-    for b in prange(B):
-        for c in range(C):
-            # dot-product form: dout[b] and weight[c] are both contiguous along OC
-            total = dinp.dtype.type(0)
-            for j in range(OC):
-                total += dout[b, j] * weight[c, j]
-            # the ReLU mask as a product, not a branch: the mask is ~50% random, a branch on it
-            # mispredicts more than the dot product costs
-            dinp[b, c] = total * (inp[b, c] > 0)  # (B, C)
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _sgd_step(param, grad, velocity, lr, momentum, weight_decay):
-    """One parameter's SGD step: returns its new (param, velocity). Scalars in the arrays' dtype."""
-    if weight_decay != 0:  # as the reference: no 0 * param term, so an inf weight stays inf
-        grad += weight_decay * param
-    velocity = momentum * velocity + grad
-    return param - lr * velocity, velocity
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _sgd_span(param, grad, velocity, lr, momentum, weight_decay):
-    """sgd_update of 1-D arrays (a chunk, a bias), serially."""
-    for i in range(param.size):
-        param[i], velocity[i] = _sgd_step(param[i], grad[i], velocity[i], lr, momentum, weight_decay)
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _sgd_rows(param, grad, velocity, r0, r1, lr, momentum, weight_decay):
-    """sgd_update of rows r0:r1 of 2-D arrays, indexed in place (a view per row costs more than a row)."""
-    for r in range(r0, r1):
-        for i in range(param.shape[1]):
-            param[r, i], velocity[r, i] = _sgd_step(param[r, i], grad[r, i], velocity[r, i],
-                                                    lr, momentum, weight_decay)
-
-
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def sgd_update(param, grad, velocity, lr, momentum, weight_decay):
-    """One SGD step with optional momentum and L2 weight decay, in place (PyTorch's formulation).
-
-    g = grad + weight_decay * param;  velocity = momentum * velocity + g;  param -= lr * velocity
-    param, grad, velocity: any shape, C-contiguous.
-    """
-    param_flat, grad_flat = param.reshape(param.size), grad.reshape(grad.size)  # views, no copies
-    velocity_flat = velocity.reshape(velocity.size)
-    # the scalars in the arrays' dtype: float64 scalars would make float32 math run in float64
-    rate, mom, decay = param.dtype.type(lr), param.dtype.type(momentum), param.dtype.type(weight_decay)
-    n_chunks = (param_flat.size + SGD_CHUNK - 1) // SGD_CHUNK  # a bias is a single chunk
-    # prange over chunks of SGD_CHUNK elements: iteration i owns its chunk of param and velocity
-    for i in prange(n_chunks):
-        chunk = slice(i * SGD_CHUNK, (i + 1) * SGD_CHUNK)
-        _sgd_span(param_flat[chunk], grad_flat[chunk], velocity_flat[chunk], rate, mom, decay)
-
-
-# ---- train_step's hidden layers: each core keeps to one half of every weight matrix -------------
-# In train_step the work on a hidden layer is split into two halves of its input features C: the
-# forward sums each half separately (the two partial sums are added at the end), and the backward
-# gives each half's rows of dweight, weight and velocity to the same core. Split by batch rows, both
-# cores would read all of weight in the forward, one would then write half of it in the update, and
-# those cache lines would move between the cores every step (measured: steps 10-15% slower).
-# The two halves are fixed, whatever the thread count, so results stay bitwise reproducible.
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _half(C, h):
-    """The feature range [c0, c1) of half h (0 or 1) of C features, split at a block of DWEIGHT_ROWS."""
-    blocks = (C + DWEIGHT_ROWS - 1) // DWEIGHT_ROWS
-    split = min((blocks + 1) // 2 * DWEIGHT_ROWS, C)
-    if h == 0:
-        return 0, split
-    return split, C
-
-
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _linear_relu_forward_halves(out, partial, inp, weight, bias):
-    """linear_relu_forward, its sum over C split in two halves; partial (B, OC) is scratch for half 1's sums."""
-    B, C = inp.shape
-    OC = out.shape[1]
-    # prange over the two halves of C: half 0 sums into out (from the bias), half 1 into partial
-    for h in prange(2):
-        c0, c1 = _half(C, h)
-        for b in range(0, B, 2):
-            if h == 0:
-                _linear_rows(out, inp, weight, bias, b, c0, c1, True)  # (2, OC)
-            else:
-                _linear_rows(partial, inp, weight, bias, b, c0, c1, False)  # (2, OC)
-    # prange over batch rows: iteration b owns out[b]
-    for b in prange(B):
-        for j in range(OC):
-            total = out[b, j] + partial[b, j]
-            out[b, j] = 0 if total < 0 else total  # (B, OC), NaN stays NaN
-
-
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _linear_backward_sgd(params, grads, optimizer, l, dout, inp, lr, hyper):
-    """linear_backward of layer l, then sgd_update of its weight and bias, fused (train_step's backward).
-
-    dout (B, OC) is the gradient at the layer's output, inp (B, C) its input. Each block of dweight
-    rows updates its rows of weight and velocity while it is still in L1, instead of a second pass
-    over three (C, OC) arrays. Same results as the two ops in sequence.
-    """
-    weight, dweight, velocity_w = params.weights[l], grads.weights[l], optimizer.velocity.weights[l]
-    C = dweight.shape[0]
-    real = weight.dtype.type  # the scalars in the arrays' dtype: float64 ones would make float32 math float64
-    rate, mom, decay = real(lr), real(hyper.momentum), real(hyper.weight_decay)
-    # prange over the two halves of C, as in the forward: half h owns those rows of dweight, weight
-    # and velocity_w, in blocks of DWEIGHT_ROWS that stay in L1 while the batch is added in row order
-    for h in prange(2):
-        c0, c1 = _half(C, h)
-        for r0 in range(c0, c1, DWEIGHT_ROWS):
-            r1 = min(r0 + DWEIGHT_ROWS, c1)
-            _dweight_rows(dweight, dout, inp, r0, r1)  # (r1 - r0, OC)
-            _sgd_rows(weight, dweight, velocity_w, r0, r1, rate, mom, decay)  # (r1 - r0, OC)
-    dbias = grads.biases[l]
-    _dbias(dbias, dout)  # (OC,)
-    _sgd_span(params.biases[l], dbias, optimizer.velocity.biases[l], rate, mom, decay)  # OC biases: serial
-
-
-# ---- the narrow last layer inside train_step --------------------------------------------------
-# With OC = K = 10 classes a row update of OC floats is shorter than one vector register, so the row
-# form above runs nearly scalar. train_step computes that layer from transposed copies instead, in
-# dot-product form, kept in the step's scratch memory (see scratch_size).
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _transpose(out, inp):
-    """out (N, M) = inp (M, N).T, serially (the narrow layer: about a thousand elements)."""
-    for i in range(inp.shape[0]):
-        for j in range(inp.shape[1]):
-            out[j, i] = inp[i, j]
-
-
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _linear_forward_t(out, inp, weight_t, bias):
-    """out (B, OC) = inp (B, C) @ weight_t (OC, C).T + bias (OC), in dot-product form."""
-    B, C = inp.shape
-    # prange over batch rows: iteration b owns out[b]
-    for b in prange(B):
-        for j in range(out.shape[1]):
-            total = bias[j]
-            for k in range(C):  # inp[b] and weight_t[j] both contiguous along C
-                total += inp[b, k] * weight_t[j, k]
-            out[b, j] = total  # (B, OC)
-
-
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _dweight_t(dweight_t, dout, inp):
-    """dweight_t (OC, C) = dout (B, OC).T @ inp (B, C): rows of inp added along C, four per pass."""
-    B, C = inp.shape
-    # prange over OC: iteration j owns dweight_t[j], summing the batch in row order
-    for j in prange(dweight_t.shape[0]):
-        for c in range(C):
-            dweight_t[j, c] = 0
-        for b in range(0, B - 3, 4):
-            d0, d1, d2, d3 = dout[b, j], dout[b + 1, j], dout[b + 2, j], dout[b + 3, j]
-            for c in range(C):
-                dweight_t[j, c] = (dweight_t[j, c] + d0 * inp[b, c] + d1 * inp[b + 1, c]
-                                   + d2 * inp[b + 2, c] + d3 * inp[b + 3, c])
-        for b in range(B - B % 4, B):
-            d = dout[b, j]
-            for c in range(C):
-                dweight_t[j, c] += d * inp[b, c]
-
-
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _linear_backward_input_t(dinp, dout, weight_t, inp):
-    """linear_backward_input from weight_t (OC, C) = weight.T: row form along C, OC rows per pass.
-
-    dinp (B, C) = (dout (B, OC) @ weight_t) * (inp > 0). With OC = 10 the dot-product form of
-    linear_backward_input sums only 10 terms, too few to vectorise; here each row of weight_t adds
-    C floats at a time.
-    """
-    B, C = dinp.shape
-    OC = dout.shape[1]
-    # prange over batch rows: iteration b owns dinp[b]
-    for b in prange(B):
-        for c in range(C):
-            dinp[b, c] = 0
-        for j in range(OC):
-            d = dout[b, j]
-            for c in range(C):
-                dinp[b, c] += d * weight_t[j, c]  # (C,)
-        for c in range(C):
-            dinp[b, c] *= inp[b, c] > 0  # the ReLU mask as a product, as linear_backward_input
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _narrow_forward(out, inp, weight, bias, weight_t):
-    """linear_forward of the narrow last layer; weight_t (OC, C) receives weight.T, kept for the backward."""
-    _transpose(weight_t, weight)  # (OC, C)
-    _linear_forward_t(out, inp, weight_t, bias)  # (B, OC)
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _narrow_backward_sgd(params, grads, optimizer, l, dinp, dout, inp, transposes, lr, hyper):
-    """linear_backward, linear_backward_input and sgd_update of the narrow last layer l.
-
-    transposes (2, OC, C): [0] still holds weight.T from _narrow_forward; [1] receives dweight.T
-    before it is transposed into place.
-    """
-    weight, dweight = params.weights[l], grads.weights[l]
-    C, OC = weight.shape
-    _linear_backward_input_t(dinp, dout, transposes[0], inp)  # (B, C), from the weight before its update
-    _dweight_t(transposes[1], dout, inp)  # (OC, C)
-    _transpose(dweight, transposes[1])  # (C, OC)
-    dbias = grads.biases[l]
-    _dbias(dbias, dout)  # (OC,)
-    real = weight.dtype.type
-    rate, mom, decay = real(lr), real(hyper.momentum), real(hyper.weight_decay)
-    _sgd_span(weight.reshape(C * OC), dweight.reshape(C * OC), optimizer.velocity.weights[l].reshape(C * OC),
-              rate, mom, decay)
-    _sgd_span(params.biases[l], dbias, optimizer.velocity.biases[l], rate, mom, decay)
+    _dense_backward_input(dinp, dinp[:0], dout, weight, inp)
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -565,7 +589,8 @@ def _argmax_row(logits, b):
 def argmax(out, logits):
     """out (B,) = index of the largest logit in each row of logits (B, K); ties take the first."""
     # prange over rows: iteration b owns out[b]
-    for b in prange(logits.shape[0]):
+    for task in prange(logits.shape[0]):
+        b = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
         out[b] = _argmax_row(logits, b)
 
 
@@ -583,71 +608,305 @@ def forward(acts, params):
     linear_forward(acts[L], acts[L - 1], weights[L - 1], biases[L - 1])  # (B, K)
 
 
+# ---- a sparse first layer -------------------------------------------------------------------------
 @njit(fastmath=FASTMATH, cache=True)
-def _scratch_view(scratch, shape):
-    """The first prod(shape) floats of the scratch, as a C-contiguous array of `shape`."""
-    n = 1
-    for extent in shape:
-        n *= extent
-    return scratch[:n].reshape(shape)
+def _sparse_row_forward(out, block_start, b, weight, bias, start, end, columns, values, scale):
+    """out[b] = relu(x @ weight + bias) for the image whose non-zeros are columns and values
+    [start:end]: the weight rows of its non-zero pixels, four per pass, so that each load and store
+    of out[b] feeds four FMAs. block_start[b, t]: where its non-zeros reach pixel t * PIXEL_BLOCK."""
+    OC, dtype = out.shape[1], out.dtype.type
+    for j in range(OC):
+        out[b, j] = bias[j]
+    p = start
+    while p + 4 <= end:
+        # a pixel's value as gather_batch makes it: the product in float64, rounded once
+        x0, x1 = dtype(values[p] * scale), dtype(values[p + 1] * scale)
+        x2, x3 = dtype(values[p + 2] * scale), dtype(values[p + 3] * scale)
+        k0, k1, k2, k3 = columns[p], columns[p + 1], columns[p + 2], columns[p + 3]
+        for j in range(OC):
+            out[b, j] = out[b, j] + x0 * weight[k0, j] + x1 * weight[k1, j] + x2 * weight[k2, j] + x3 * weight[k3, j]
+        p += 4
+    for q in range(p, end):
+        x, k = dtype(values[q] * scale), columns[q]
+        for j in range(OC):
+            out[b, j] += x * weight[k, j]
+    for j in range(OC):
+        if out[b, j] < 0:  # `< 0`: NaN stays NaN
+            out[b, j] = 0
+    p = start
+    for t in range(block_start.shape[1]):
+        while p < end and columns[p] < t * PIXEL_BLOCK:
+            p += 1
+        block_start[b, t] = p
 
 
-@njit(fastmath=FASTMATH, cache=True)
-def train_step(params, grads, optimizer, buffers, data, indices, lr, hyper):
-    """One mini-batch of SGD: gather, forward, loss, backward, update. Returns (loss, n_correct).
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _sparse_forward(out, out_t, targets, block_start, data, indices, weight, bias):
+    """out (B, OC) = relu(images[indices] * scale @ weight (C, OC) + bias) from the CSR non-zeros, and
+    out_t (OC, B) = out.T; targets (B,) = labels[indices]; block_start (B, blocks + 1): where each
+    sample's non-zeros reach pixel block t (for _sparse_update)."""
+    B = out.shape[0]
+    # numba passes arrays, not tuples of them, into a parallel loop: unpack the data first
+    row_start, columns, values, labels, scale = data.row_start, data.columns, data.values, data.labels, data.scale
+    # prange over blocks of 4 samples: iteration owns their rows of out, targets, block_start and
+    # their 4 columns of out_t
+    for task in prange(_cdiv(B, 4)):
+        block = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
+        b0, b1 = block * 4, min(block * 4 + 4, B)
+        for b in range(b0, b1):
+            row = indices[b]
+            targets[b] = labels[row]
+            _sparse_row_forward(out, block_start, b, weight, bias, row_start[row], row_start[row + 1], columns,
+                                values, scale)  # (OC,)
+        _store_t(out_t, out, b0, b1, 0, out.shape[1])
 
-    fastnn.ops.train_step's arguments and results. Buffers are views sized to this batch; their
-    scratch is whole, at least scratch_size(sizes, B) floats (train_steps checks).
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _sparse_update(params, grads, optimizer, data, block_start, dout, lr, hyper):
+    """The first layer's dweight = images[indices].T @ dout over the non-zeros, then SGD, row by row.
+
+    Each task takes PIXEL_BLOCK rows and the batch's samples in order, so each row's sum runs in the
+    same order whatever the thread count: for each non-zero pixel of a sample, that sample's row of
+    dout into the pixel's row of dweight. A row no image of the batch touches has a zero gradient:
+    plain SGD leaves it alone; momentum and weight decay still move it.
     """
-    weights, biases = params
-    acts, douts, targets, scratch = buffers
-    L = len(weights)
-    last = L - 1
-    B, K = douts[last].shape
-    C_last = weights[last].shape[0]
-    narrow = _is_narrow(K, L)
-    gather_batch(acts[0], targets, data, indices)  # (B, C_0), (B,)
-    for l in range(last):
-        partial = _scratch_view(scratch, acts[l + 1].shape)  # (B, C_l+1) half 1's sums
-        _linear_relu_forward_halves(acts[l + 1], partial, acts[l], weights[l], biases[l])  # (B, C_l+1)
-    transposes = _scratch_view(scratch, (2 if narrow else 0, K, C_last))  # weight.T and dweight.T (K, C_last)
-    if narrow:
-        _narrow_forward(acts[L], acts[last], weights[last], biases[last], transposes[0])  # (B, K)
-    else:
-        linear_forward(acts[L], acts[last], weights[last], biases[last])  # (B, K)
-    n_correct = 0  # before the update, like the loss
-    for b in range(B):
-        if _argmax_row(acts[L], b) == targets[b]:
-            n_correct += 1
-    loss = softmax_cross_entropy(douts[last], acts[L], targets)  # (B, K)
-    for l in range(last, -1, -1):
-        if l == last and narrow:
-            _narrow_backward_sgd(params, grads, optimizer, l, douts[l - 1], douts[l], acts[l], transposes, lr, hyper)
-        else:
-            if l > 0:  # the input gradient first: it needs weights[l] before the update
-                linear_backward_input(douts[l - 1], douts[l], weights[l], acts[l])  # (B, C_l)
-            _linear_backward_sgd(params, grads, optimizer, l, douts[l], acts[l], lr, hyper)  # (C_l, C_l+1), (C_l+1,)
-    return loss, n_correct
+    weight, dweight, velocity = params.weights[0], grads.weights[0], optimizer.velocity.weights[0]
+    bias, dbias, velocity_b = params.biases[0], grads.biases[0], optimizer.velocity.biases[0]
+    columns, values, scale = data.columns, data.values, data.scale
+    rate, mom, decay = _sgd_scalars(weight, lr, hyper)
+    C, OC = weight.shape
+    # prange over blocks of PIXEL_BLOCK rows: iteration owns those rows of dweight, weight, velocity
+    # (and the first block the bias)
+    for task in prange(_cdiv(C, PIXEL_BLOCK)):
+        block = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
+        _sparse_update_rows(block, weight, dweight, velocity, columns, values, scale, block_start, dout, rate, mom,
+                            decay)
+        if block == 0:
+            for j in range(OC):
+                dbias[j] = _column_sum(dout, j)
+            _sgd_span(bias, dbias, velocity_b, rate, mom, decay)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _column_sum(x, j):
+    """sum(x[:, j]), in row order: a bias gradient."""
+    total = x.dtype.type(0)
+    for b in range(x.shape[0]):
+        total += x[b, j]
+    return total
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _sparse_update_rows(block, weight, dweight, velocity, columns, values, scale, block_start, dout, rate, mom,
+                        decay):
+    """Rows block * PIXEL_BLOCK and on of _sparse_update."""
+    (C, OC), dtype = weight.shape, weight.dtype.type
+    k0, k1 = block * PIXEL_BLOCK, min(block * PIXEL_BLOCK + PIXEL_BLOCK, C)
+    touched = 0  # bit k - k0: row k has a gradient
+    for b in range(dout.shape[0]):
+        for p in range(block_start[b, block], block_start[b, block + 1]):
+            k, x = columns[p], dtype(values[p] * scale)
+            bit = np.int64(1) << (k - k0)
+            if touched & bit:
+                for j in range(OC):
+                    dweight[k, j] += x * dout[b, j]
+            else:  # the row's first term: no pass to zero it first
+                for j in range(OC):
+                    dweight[k, j] = x * dout[b, j]
+                touched |= bit
+    for k in range(k0, k1):
+        if not touched & (np.int64(1) << (k - k0)):
+            if mom == 0 and decay == 0:
+                continue
+            for j in range(OC):
+                dweight[k, j] = 0
+        _sgd_block(weight, dweight, velocity, k, k + 1, 0, OC, rate, mom, decay)
+
+
+# ---- dense layers and the last layer in a training step --------------------------------------------
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _dense_update(l, params, grads, optimizer, weight_t, inp_t, dout_t, lr, hyper):
+    """Dense layer l: dweight = inp_t (C, B) @ dout_t (OC, B).T, then SGD on weight and velocity;
+    weight_t (OC, C) follows (the next forward reads it)."""
+    weight, dweight, velocity = params.weights[l], grads.weights[l], optimizer.velocity.weights[l]
+    bias, dbias, velocity_b = params.biases[l], grads.biases[l], optimizer.velocity.biases[l]
+    rate, mom, decay = _sgd_scalars(weight, lr, hyper)
+    C, OC = weight.shape
+    n_row_panels = _cdiv(C, PANEL_ROWS)
+    # prange over panels of dweight: iteration p owns that panel of dweight, weight, velocity and
+    # weight_t (and those of the first rows their part of the bias)
+    for task in prange(n_row_panels * _cdiv(OC, PANEL_COLS)):
+        p = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
+        c0, c1, j0, j1 = _panel(p, n_row_panels, C, OC)
+        _update_panel(weight, weight_t, dweight, velocity, inp_t, dout_t, rate, mom, decay, c0, c1, j0, j1)
+        if c0 == 0:
+            for j in range(j0, j1):
+                dbias[j] = _row_sum(dout_t, j)
+                bias[j], velocity_b[j] = _sgd_step(bias[j], dbias[j], velocity_b[j], rate, mom, decay)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _update_panel(weight, weight_t, dweight, velocity, inp_t, dout_t, rate, mom, decay, c0, c1, j0, j1):
+    """Panel [c0:c1, j0:j1] of _dense_update: its weight gradient, SGD, and weight.T."""
+    _dot_block(dweight, inp_t, dout_t, c0, c1, j0, j1)  # (c1 - c0, j1 - j0)
+    _sgd_block(weight, dweight, velocity, c0, c1, j0, j1, rate, mom, decay)
+    _store_t(weight_t, weight, c0, c1, j0, j1)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _head_update_columns(weight, weight_t, dweight_t, velocity, dlogits_t, inp_t, rate, mom, decay, c0, c1):
+    """Columns c0:c1 of _head_update's weight_t: their gradient, then SGD on weight_t, weight, velocity."""
+    K = weight_t.shape[0]
+    _dot_block(dweight_t, dlogits_t, inp_t, 0, K, c0, c1)  # (K, c1 - c0)
+    for c in range(c0, c1):
+        for j in range(K):
+            w, v = _sgd_step(weight_t[j, c], dweight_t[j, c], velocity[c, j], rate, mom, decay)
+            weight_t[j, c], weight[c, j], velocity[c, j] = w, w, v
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _combine_rows(out, b, coefs, rows):
+    """out[b] (C,) = coefs[b] (K,) @ rows (K, C), rows added four per pass."""
+    K, C = rows.shape
+    for c in range(C):
+        out[b, c] = 0
+    for j in range(0, K - 3, 4):
+        a0, a1, a2, a3 = coefs[b, j], coefs[b, j + 1], coefs[b, j + 2], coefs[b, j + 3]
+        for c in range(C):
+            out[b, c] = out[b, c] + a0 * rows[j, c] + a1 * rows[j + 1, c] + a2 * rows[j + 2, c] + a3 * rows[j + 3, c]
+    for j in range(K - K % 4, K):
+        a = coefs[b, j]
+        for c in range(C):
+            out[b, c] += a * rows[j, c]
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _head_region(logits, dlogits, dlogits_t, dinp, dinp_t, inp, weight_t, bias, targets, losses, correct):
+    """The last layer and the loss, per block of 4 samples, and the gradient into the layer's input.
+
+    logits (B, K) = inp (B, C) @ weight_t (K, C).T + bias; dlogits (B, K) as softmax_cross_entropy,
+    and dlogits_t = dlogits.T; losses[b], correct[b] (1.0 if the largest logit is the target, before
+    any update); dinp (B, C) = (dlogits @ weight_t) * (inp > 0) and dinp_t = dinp.T, unless dinp has
+    no rows (a single layer has no hidden layer below it: the pixels need no gradient).
+    """
+    B, K = logits.shape
+    # prange over blocks of 4 samples: iteration owns their rows of logits, dlogits, dinp, losses,
+    # correct, and their columns of dlogits_t and dinp_t
+    for task in prange(_cdiv(B, 4)):
+        block = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
+        _head_block(logits, dlogits, dlogits_t, dinp, dinp_t, inp, weight_t, bias, targets, losses, correct,
+                    block * 4, min(block * 4 + 4, B))
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _head_block(logits, dlogits, dlogits_t, dinp, dinp_t, inp, weight_t, bias, targets, losses, correct, b0, b1):
+    """Samples b0:b1 of _head_region."""
+    K = logits.shape[1]
+    _dot_block(logits, inp, weight_t, b0, b1, 0, K)  # (b1 - b0, K)
+    for b in range(b0, b1):
+        for k in range(K):
+            logits[b, k] += bias[k]
+        correct[b] = _argmax_row(logits, b) == targets[b]
+        losses[b] = _softmax_xent_row(dlogits, logits, targets, b)
+        if dinp.shape[0] > 0:
+            _combine_rows(dinp, b, dlogits, weight_t)  # (C,)
+            for c in range(dinp.shape[1]):
+                dinp[b, c] = dinp[b, c] * (inp[b, c] > 0)
+    _store_t(dlogits_t, dlogits, b0, b1, 0, K)
+    if dinp.shape[0] > 0:
+        _store_t(dinp_t, dinp, b0, b1, 0, dinp.shape[1])
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _head_update(params, grads, optimizer, weight_t, inp_t, dlogits_t, lr, hyper):
+    """The last layer: dweight.T (K, C) = dlogits_t (K, B) @ inp_t (C, B).T, then SGD on weight_t,
+    weight and velocity. The gradient is computed transposed, into the layer's gradient buffer used
+    as (K, C) working memory, so that its rows run along C, not K = 10."""
+    l = len(params.weights) - 1
+    weight, velocity = params.weights[l], optimizer.velocity.weights[l]
+    bias, dbias, velocity_b = params.biases[l], grads.biases[l], optimizer.velocity.biases[l]
+    C, K = weight.shape
+    dweight_t = grads.weights[l].reshape((K, C))
+    rate, mom, decay = _sgd_scalars(weight, lr, hyper)
+    # prange over blocks of PANEL_COLS columns of weight_t: iteration owns them, in weight_t, weight
+    # and velocity (and the first block the bias)
+    for task in prange(_cdiv(C, PANEL_COLS)):
+        block = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
+        c0, c1 = block * PANEL_COLS, min(block * PANEL_COLS + PANEL_COLS, C)
+        _head_update_columns(weight, weight_t, dweight_t, velocity, dlogits_t, inp_t, rate, mom, decay, c0, c1)
+        if c0 == 0:
+            for j in range(K):
+                dbias[j] = _row_sum(dlogits_t, j)
+            _sgd_span(bias, dbias, velocity_b, rate, mom, decay)
+
+
+# ---- the training step ------------------------------------------------------------------------------
+def train_step(params, grads, optimizer, buffers, data, indices, lr, hyper):
+    """One mini-batch of SGD: fastnn.ops.train_step's arguments and results, (loss, n_correct).
+
+    data from prepare_data; buffers are views sized to this batch, their scratch whole. One step is a
+    call of train_steps (a Python function: one jitted entry point less to compile).
+    """
+    losses, n_correct = train_steps(params, grads, optimizer, buffers, data,
+                                    Steps(np.asarray(indices).reshape(1, -1), np.array([lr], np.float64)), hyper)
+    return float(losses[0]), int(n_correct[0])
 
 
 @njit(fastmath=FASTMATH, cache=True)
 def train_steps(params, grads, optimizer, buffers, data, steps, hyper):
     """S mini-batches of SGD in one call: fastnn.ops.train_steps. Returns (losses (S,), n_correct (S,)).
 
-    A call from Python costs ~10 us here (numba reads every array of the bundles), about 5% of a
-    small step: once per S steps it is noise.
+    data from prepare_data; buffers are views sized to these batches, their scratch whole (at least
+    scratch_size(sizes, B) floats). A call from Python costs ~10 us (numba reads every array of the
+    bundles): once per S steps it is noise. The weight transposes are filled once per call, then kept
+    current by the updates. The steps' regions are called from here directly: numba re-optimizes
+    the code of every callee in each caller, so each level of calls costs compile time.
     """
-    weights = params.weights
-    sizes = np.empty(len(weights) + 1, np.int64)  # (C_0, ..., K)
+    weights, biases = params
+    acts, douts, targets, scratch = buffers
+    L, B = len(weights), targets.shape[0]
+    sizes = np.empty(L + 1, np.int64)  # (C_0, ..., K)
     sizes[0] = weights[0].shape[0]
-    for l in range(len(weights)):
+    for l in range(L):
         sizes[l + 1] = weights[l].shape[1]
     # the kernels index the scratch without bounds checks: refuse one too small before it is written
-    if buffers.scratch.size < scratch_size(sizes, buffers.acts[0].shape[0]):
+    if scratch.size < scratch_size(sizes, B):
         raise ValueError("buffers.scratch is smaller than scratch_size(): allocate the buffers with fastnn.step")
+    sparse_first = data.sparse and L > 1  # a single layer is the last layer: it runs on gathered rows
+    for l in range(1 if sparse_first else 0, L):  # weight.T, but a sparse first layer's (it reads weight rows)
+        _transpose(_weight_t(scratch, weights, l), weights[l])
+    losses, correct, block_start, _ = _step_parts(scratch, weights, B)
+    rows = B if L > 1 else 0  # the gradient into the last hidden layer: none for a single layer
     S = steps.lrs.shape[0]
-    losses, n_correct = np.empty(S), np.empty(S, np.int64)
+    step_losses, step_correct = np.empty(S), np.empty(S, np.int64)
     for s in range(S):
-        losses[s], n_correct[s] = train_step(params, grads, optimizer, buffers, data, steps.indices[s],
-                                             steps.lrs[s], hyper)
-    return losses, n_correct
+        indices, lr = steps.indices[s], steps.lrs[s]
+        if sparse_first:
+            _sparse_forward(acts[1], _transposes(scratch, weights, B, 1)[0], targets, block_start, data, indices,
+                            weights[0], biases[0])  # (B, C_1)
+        else:
+            gather_batch(acts[0], targets, data, indices)  # (B, C_0)
+            _transpose(_transposes(scratch, weights, B, 0)[0], acts[0])  # (C_0, B), for the first weight gradient
+        for l in range(1 if sparse_first else 0, L - 1):
+            _dense_forward(acts[l + 1], _transposes(scratch, weights, B, l + 1)[0], acts[l],
+                           _weight_t(scratch, weights, l), biases[l], 0.0)  # (B, C_l+1)
+        last_inp_t, dlogits_t = _transposes(scratch, weights, B, L - 1)
+        below = max(L - 2, 0)
+        _head_region(acts[L], douts[L - 1], dlogits_t, douts[below][:rows], _transposes(scratch, weights, B, below)[1][:rows],
+                     acts[L - 1], _weight_t(scratch, weights, L - 1), biases[L - 1], targets, losses, correct)
+        for l in range(L - 2, 0, -1):  # gradients into the hidden layers, while every weight is unchanged
+            _dense_backward_input(douts[l - 1], _transposes(scratch, weights, B, l - 1)[1], douts[l], weights[l],
+                                  acts[l])  # (B, C_l)
+        _head_update(params, grads, optimizer, _weight_t(scratch, weights, L - 1), last_inp_t, dlogits_t, lr, hyper)
+        for l in range(L - 2, -1, -1):
+            if l == 0 and sparse_first:
+                _sparse_update(params, grads, optimizer, data, block_start, douts[0], lr, hyper)
+            else:
+                inp_t, dout_t = _transposes(scratch, weights, B, l)
+                _dense_update(l, params, grads, optimizer, _weight_t(scratch, weights, l), inp_t, dout_t, lr, hyper)
+        step_losses[s] = _mean(losses)
+        n_correct = 0
+        for b in range(B):
+            n_correct += correct[b] != 0
+        step_correct[s] = n_correct
+    return step_losses, step_correct

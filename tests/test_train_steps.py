@@ -79,7 +79,7 @@ def test_train_step_returns_python_numbers_like_the_reference(batches):
     results = []
     for ops in (reference, cpu):
         state = training_state(ops, network((784, 32, 10), np.float32), B)
-        results.append(ops.train_step(*state, data, calls[0][0], 0.1, HYPER))
+        results.append(ops.train_step(*state, ops.prepare_data(*data), calls[0][0], 0.1, HYPER))
     (want_loss, want_correct), (got_loss, got_correct) = results
     assert isinstance(got_loss, float) and isinstance(got_correct, int)
     assert got_loss == pytest.approx(want_loss, rel=1e-5) and got_correct == want_correct
@@ -126,7 +126,7 @@ def test_numba_refuses_a_scratch_too_small(batches):
     state = training_state(cpu, network((784, 32, 10), np.float32), B)
     small = state.buffers._replace(scratch=np.empty(1, np.float32))
     with pytest.raises(ValueError, match="scratch is smaller"):
-        cpu.train_steps(*state._replace(buffers=small), data, Steps(calls[0], np.full(2, 0.1)), HYPER)
+        cpu.train_steps(*state._replace(buffers=small), cpu.prepare_data(*data), Steps(calls[0], np.full(2, 0.1)), HYPER)
 
 
 @pytest.mark.parametrize("sizes, dtype", [((20, 16, 10), np.float32), ((13, 9, 7, 10), np.float64),
