@@ -3,9 +3,12 @@
     uv run pytest --benchmark-only bench/bench_ops.py
     uv run pytest --benchmark-only bench/bench_ops.py -k "linear_relu_forward and 64"
 
-Groups are "<op> B=.. H=..", so numpy and numba of the same op and shape sit side by side. FLOPs in
+Groups are "<op> <shape>", so numpy and numba of the same op and shape sit side by side. FLOPs in
 extra_info are dense counts (2 * B * C * OC for a matmul), whatever a sparse kernel skips.
-B = batch size, C = 784 pixels, H = hidden units, K = 10 classes.
+B = batch size, C = 784 pixels, H = hidden units, K = 10 classes. The hidden-to-hidden shapes are
+the default preset's second layer (512 -> 256, B=128) and a large network's (1024 -> 1024, B=256),
+on a ReLU layer's output (about half exact zeros). The single ops pay for transposes that a training
+step keeps (kernels/dev/dense.py times the step's own kernels against BLAS).
 """
 import functools
 
@@ -17,6 +20,7 @@ from bench.workload import C, K, backend_op, describe, layer_inputs, mnist_data,
 
 BATCHES = (64, 128, 256)
 HIDDEN = (128, 512)
+HIDDEN_TO_HIDDEN = ((128, 512, 256), (256, 1024, 1024))  # (B, C, OC)
 SOFTMAX_FLOPS = 5  # per logit: max, subtract, exp, sum, divide
 SGD_FLOPS = 6  # per parameter: decay (2), momentum (2), step (2)
 GEMM_N = 2048  # the ceiling's square float32 matmul: big enough for OpenBLAS's best
@@ -59,6 +63,25 @@ def test_layer_op(benchmark, ops, inputs, op, B, H):
     shapes, layer_inputs_, flops = layer_case(op, inputs(B, H), B, H)
     describe(benchmark, op, f"B={B} H={H}", flops, B=B, H=H)
     time_op(benchmark, ops, fn, [ops.empty(shape, np.float32) for shape in shapes], layer_inputs_)
+
+
+@pytest.mark.parametrize("shape", HIDDEN_TO_HIDDEN, ids=lambda shape: "B={} {}->{}".format(*shape))
+@pytest.mark.parametrize("op", ["linear_relu_forward", "linear_backward", "linear_backward_input"])
+def test_hidden_layer_op(benchmark, ops, op, shape):
+    """One op of a hidden-to-hidden layer: forward with ReLU, weight gradient, input gradient through the
+    previous ReLU."""
+    B, C_in, OC = shape
+    fn, rng = backend_op(ops, op), np.random.default_rng(0)
+    inp = np.maximum(rng.standard_normal((B, C_in)), 0).astype(np.float32)  # a ReLU's output
+    weight = (rng.standard_normal((C_in, OC)) * np.sqrt(2 / C_in)).astype(np.float32)
+    dout = (rng.standard_normal((B, OC)) * (rng.random((B, OC)) < 0.5)).astype(np.float32)  # ReLU-masked
+    outputs, inputs_ = {
+        "linear_relu_forward": ([(B, OC)], [inp, weight, np.zeros(OC, np.float32)]),
+        "linear_backward": ([(C_in, OC), (OC,)], [dout, inp]),
+        "linear_backward_input": ([(B, C_in)], [dout, weight, inp]),
+    }[op]
+    describe(benchmark, op, f"B={B} {C_in}->{OC}", 2 * B * C_in * OC, B=B, H=OC)
+    time_op(benchmark, ops, fn, [ops.empty(s, np.float32) for s in outputs], inputs_)
 
 
 @pytest.mark.parametrize("B", BATCHES)

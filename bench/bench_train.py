@@ -14,11 +14,13 @@ from bench.workload import backend_op, dense_flops, describe, epoch_plan, mnist_
 from fastnn.step import Steps, he_init, training_state
 from fastnn.training import STEPS_PER_CALL, Trainer
 
-CONFIGS = {  # name -> layer sizes, training settings
+CONFIGS = {  # name -> layer sizes, training settings: the shapes of the side-by-side comparison
     "784-128-10 B=64": ((784, 128, 10), preset_settings("seed")),  # the seed program
-    "784-512-10 B=256": ((784, 512, 10), preset_settings("default", batch_size=256)),  # a wide layer, big batches
+    "784-512-10 B=256": ((784, 512, 10), preset_settings("seed", batch_size=256, lr=0.1)),  # a wide layer
+    "784-512-256-10 B=128": ((784, 512, 256, 10), preset_settings("default")),  # the default preset
+    "784-1024-1024-10 B=256": ((784, 1024, 1024, 10), preset_settings("default", batch_size=256, weight_decay=0.0)),
 }
-EPOCH_ROUNDS = 5  # a numpy epoch of the seed config takes ~0.5-0.9 s
+EPOCH_ROUNDS = 3  # epochs of the largest config take ~5 s
 
 
 @pytest.mark.parametrize("config", CONFIGS)

@@ -892,8 +892,9 @@ def train_steps(params, grads, optimizer, buffers, data, steps, hyper):
                            _weight_t(scratch, weights, l), biases[l], 0.0)  # (B, C_l+1)
         last_inp_t, dlogits_t = _transposes(scratch, weights, B, L - 1)
         below = max(L - 2, 0)
-        _head_region(acts[L], douts[L - 1], dlogits_t, douts[below][:rows], _transposes(scratch, weights, B, below)[1][:rows],
-                     acts[L - 1], _weight_t(scratch, weights, L - 1), biases[L - 1], targets, losses, correct)
+        dinp, dinp_t = douts[below][:rows], _transposes(scratch, weights, B, below)[1][:rows]
+        _head_region(acts[L], douts[L - 1], dlogits_t, dinp, dinp_t, acts[L - 1], _weight_t(scratch, weights, L - 1),
+                     biases[L - 1], targets, losses, correct)
         for l in range(L - 2, 0, -1):  # gradients into the hidden layers, while every weight is unchanged
             _dense_backward_input(douts[l - 1], _transposes(scratch, weights, B, l - 1)[1], douts[l], weights[l],
                                   acts[l])  # (B, C_l)

@@ -126,7 +126,8 @@ def test_numba_refuses_a_scratch_too_small(batches):
     state = training_state(cpu, network((784, 32, 10), np.float32), B)
     small = state.buffers._replace(scratch=np.empty(1, np.float32))
     with pytest.raises(ValueError, match="scratch is smaller"):
-        cpu.train_steps(*state._replace(buffers=small), cpu.prepare_data(*data), Steps(calls[0], np.full(2, 0.1)), HYPER)
+        cpu.train_steps(*state._replace(buffers=small), cpu.prepare_data(*data), Steps(calls[0], np.full(2, 0.1)),
+                        HYPER)
 
 
 @pytest.mark.parametrize("sizes, dtype", [((20, 16, 10), np.float32), ((13, 9, 7, 10), np.float64),

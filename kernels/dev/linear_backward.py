@@ -31,9 +31,9 @@ from numba import njit, prange
 from fastnn import ops
 from kernels import cpu
 from kernels.cpu import FASTMATH
+from kernels.dev.harness import check_then_time
 
 DWEIGHT_ROWS = 32  # rows of dweight per parallel task in version 5: 32 rows of 128 floats stay in L1
-from kernels.dev.harness import check_then_time
 
 
 @njit(fastmath=FASTMATH)
