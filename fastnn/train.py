@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from fastnn import checkpoint
+from fastnn.backends import get_backend
 from fastnn.cli import add_common_args, friendly_errors
 from fastnn.data import load_dataset
 from fastnn.fileio import FastnnError
@@ -108,6 +109,9 @@ def main(argv=None):
 
     print(f"fastnn | {args.dataset} {len(X)} train / {len(data.test_images)} test | backend {args.backend} | "
           + " ".join(f"{k}={v}" for k, v in config.items()), flush=True)
+    notice = getattr(get_backend(args.backend), "compile_notice", lambda: None)()
+    if notice:
+        print(notice, flush=True)
 
     last_epoch = getattr(model, "n_iter_", 0) + config["epochs"]
 

@@ -110,3 +110,17 @@ def test_no_plots_writes_weights_and_history_only(tmp_path, capsys):
     train.main(["--limit", "200", "--epochs", "1", "--hidden", "16", "--no-plots", "--out", str(tmp_path)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json", "weights.npz"]
     assert capsys.readouterr().out.splitlines()[-2] == f"saved weights and history to {tmp_path}/"
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_the_first_numba_run_says_it_compiles(tmp_path, capsys, monkeypatch, cached):
+    from kernels import cpu
+
+    index = {"an overload": "compiled"} if cached else {}  # numba's cache index: {} when absent or stale
+    monkeypatch.setattr(cpu.train_steps._cache._cache_file, "_load_index", lambda: index)
+    train.main(["--backend", "numba", "--preset", "seed", "--limit", "200", "--epochs", "1", "--no-plots",
+                "--out", str(tmp_path)])
+    lines = capsys.readouterr().out.splitlines()
+    assert (cpu.COMPILE_NOTICE in lines) != cached
+    if not cached:
+        assert lines.index(cpu.COMPILE_NOTICE) < next(i for i, line in enumerate(lines) if line.startswith("epoch"))
