@@ -1,39 +1,51 @@
-"""What only the CUDA backend has: its availability check, per-step metrics that stay on the GPU, a
-model trained end to end on it, and compilation of every kernel for a real GPU. (Its ops and train
-steps are compared with the reference in test_backend_ops.py and test_train_steps.py.)
+"""What only the CUDA backend has: its availability check, per-step metrics that stay on the GPU, row
+kernels on more rows than their grid has threads, and a model trained end to end on it. (Its ops and
+train steps are compared with the reference in test_backend_ops.py and test_train_steps.py; every
+kernel is compiled for a real GPU in test_cuda_ptx.py.)
 
 Without a GPU, numba's CUDA simulator runs the kernels (tests/conftest.py switches it on before numba
 is imported). Run: `uv run pytest tests/test_cuda_backend.py`.
 """
 import importlib.util
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fastnn.backends import get_backend
 from fastnn.fileio import FastnnError
+from tests.helpers import compare_op, nans
 
 try:
     kc = get_backend("cuda")
 except FastnnError as e:
     pytest.skip(str(e), allow_module_level=True)
 
-from kernels.cuda import memory  # noqa: E402
+from cuda.pathfinder import DynamicLibNotFoundError  # noqa: E402
+from numba.cuda.cudadrv.error import CudaSupportError  # noqa: E402
+
+from kernels.cuda import memory, ops  # noqa: E402
+from kernels.cuda.device import THREADS  # noqa: E402
 from kernels.cuda.metrics import DeviceScalar, StepLog  # noqa: E402
 
 
-def gpu_compiler_missing():
-    """True unless NVIDIA's NVVM and NVRTC libraries can be loaded (kernels/dev/cuda_ptx.py says how)."""
-    try:
-        from cuda.pathfinder import load_nvidia_dynamic_lib
-        for lib in ("nvvm", "nvrtc"):
-            load_nvidia_dynamic_lib(lib)
-    except Exception:  # ImportError, or the pathfinder's DynamicLibNotFoundError
-        return True
-    return False
+@pytest.fixture
+def first_launch_again():
+    """check_available's test launch runs once per process: forget its result before and after the test."""
+    memory._first_launch_problem.cache_clear()
+    yield
+    memory._first_launch_problem.cache_clear()
+
+
+class FailingKernel:
+    """Stands in for a kernel whose launch raises `error`."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def __getitem__(self, launch_config):
+        def launch(*args):
+            raise self.error
+        return launch
 
 
 def test_check_available_says_what_to_do(monkeypatch):
@@ -43,6 +55,41 @@ def test_check_available_says_what_to_do(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FastnnError, match="uv sync --extra cuda"):
         kc.check_available()
+
+
+def test_check_available_launches_a_kernel(first_launch_again):
+    kc.check_available()
+    assert memory._first_launch_problem() == ""
+
+
+@pytest.mark.parametrize("error, fix", [
+    # what numba-cuda raises at the first launch when the cuda extra's toolchain is not installed
+    (DynamicLibNotFoundError('Failure finding "libnvrtc.so.13 or libnvrtc.so.12": No such file: libnvrtc.so.13'
+                             '\nsearched: site-packages, conda, CUDA_HOME'), "NVIDIA's compiler libraries are missing"),
+    (OSError("libnvvm.so.4: cannot open shared object file: No such file or directory"), "uv sync --extra cuda"),
+    (CudaSupportError("Error at driver init:\nCall to cuInit results in CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE"),
+     "or use --backend numba"),
+    (AttributeError("`np.row_stack` was removed in the NumPy 2.5 release.\nUse `np.vstack` instead."),
+     "tested versions"),
+])
+def test_check_available_turns_a_failed_first_launch_into_one_line(monkeypatch, first_launch_again, error, fix):
+    monkeypatch.setattr(memory, "_count_to_one", FailingKernel(error))
+    with pytest.raises(FastnnError) as raised:
+        kc.check_available()
+    message = str(raised.value)
+    assert "\n" not in message
+    assert type(error).__name__ in message and fix in message, message
+
+
+@pytest.mark.parametrize("op", ["softmax", "argmax"])
+def test_row_kernels_write_rows_past_a_capped_grid(monkeypatch, op):
+    monkeypatch.setattr(ops, "MAX_BLOCKS", 1)  # one block of THREADS threads for all the rows
+    B, K = THREADS + 45, 3
+    logits = np.random.default_rng(4).standard_normal((B, K))
+    if op == "softmax":
+        compare_op(kc, "softmax", nans((B, K), np.float64), logits, tol="softmax")
+    else:
+        compare_op(kc, "argmax", np.full(B, -1, np.int64), logits, tol="exact")
 
 
 def test_device_scalars_read_late_and_refuse_overwritten_steps():
@@ -69,10 +116,3 @@ def test_model_trains_on_the_cuda_backend_like_numpy():
     np.testing.assert_allclose(got.coefs_[0], want.coefs_[0], rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(got.predict(X), want.predict(X))
 
-
-@pytest.mark.skipif(gpu_compiler_missing(), reason="no NVVM/NVRTC to compile for a GPU (kernels/dev/cuda_ptx.py)")
-def test_every_kernel_compiles_for_a_gpu():
-    # the simulator runs kernels as Python: only a real compilation checks numba-cuda's typing
-    done = subprocess.run([sys.executable, "-m", "kernels.dev.cuda_ptx"], cwd=Path(__file__).parents[1],
-                          capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]

@@ -15,7 +15,9 @@ from kernels.cuda.device import (THREADS, TILE, TILE_SHAPE, argmax_row, gather_r
                                  softmax_xent_rows)
 from kernels.cuda.metrics import metrics, step_log
 
-MAX_BLOCKS = 1024  # elementwise grids: grid-stride loops, so more blocks would only add scheduling
+# Grids of THREADS-thread blocks (every kernel but the matmuls and the loss) stop at MAX_BLOCKS: the
+# kernels loop grid-stride over their elements or rows, so more blocks would only add scheduling
+MAX_BLOCKS = 1024
 
 
 # ---- kernels -------------------------------------------------------------------------------
@@ -71,15 +73,13 @@ def _relu_backward_kernel(dinp, dout, out):
 
 @cuda.jit
 def _softmax_kernel(probs, logits):
-    b = cuda.grid(1)  # one thread per row of K logits
-    if b < logits.shape[0]:
+    for b in range(cuda.grid(1), logits.shape[0], cuda.gridsize(1)):  # a thread per row of K logits
         softmax_row(probs, logits, b)
 
 
 @cuda.jit
 def _argmax_kernel(out, logits):
-    b = cuda.grid(1)  # one thread per row of K logits
-    if b < logits.shape[0]:
+    for b in range(cuda.grid(1), logits.shape[0], cuda.gridsize(1)):  # a thread per row of K logits
         argmax_row(out, logits, b)
 
 

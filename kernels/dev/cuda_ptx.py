@@ -4,14 +4,16 @@
 
 The CUDA simulator runs kernels as Python, so it checks neither numba-cuda's typing nor its code
 generation (a shared array shaped (TILE, TILE + 1) runs there and fails to compile for a GPU); this
-compiles them to PTX for real. It needs NVIDIA's compiler libraries, which the project does not
-depend on: `uv pip install --target DIR nvidia-cuda-nvcc nvidia-cuda-nvrtc` and
-LD_LIBRARY_PATH=DIR/nvidia/cu13/lib (or a CUDA toolkit). `ptxas -arch=sm_90 -c -v DIR/x.ptx` then
-reports each kernel's registers and spills.
+compiles them to PTX for real and prints a line `compiled NAME: KERNEL(ARGUMENT TYPES)` for each
+kernel and argument types it meets. tests/test_cuda_ptx.py runs it. It needs NVIDIA's NVVM and
+NVRTC libraries, which the dev environment installs as wheels (nvidia-cuda-nvcc-cu12 holds NVVM
+and ptxas; the cuda extra brings them too); `ptxas -arch=sm_90 -c -v DIR/x.ptx` then reports each
+kernel's registers and spills.
 
-How: the backend's ops run on NumPy arrays (numba gives them the types of device arrays) with every
-kernel launch replaced by a compilation for its argument types. numba-cuda asks the current device
-for its compute capability when compiling device functions, so a stand-in device answers.
+How: the backend's ops run on HostlessArrays (device arrays with no memory) with every kernel launch
+replaced by a compilation for its argument types, typed as the launch would type them. numba-cuda
+asks the current device for its compute capability when compiling device functions, so a stand-in
+device answers.
 """
 import argparse
 import os
@@ -21,19 +23,64 @@ from pathlib import Path
 os.environ["NUMBA_ENABLE_CUDASIM"] = "0"  # before numba is imported: compile for real, not simulate
 
 import numpy as np  # noqa: E402
-from numba import cuda, typeof  # noqa: E402
-from numba.core.typing.typeof import Purpose  # noqa: E402
+from numba import cuda  # noqa: E402
 from numba.cuda import dispatcher  # noqa: E402
+from numba.cuda.api_util import prepare_shape_strides_dtype  # noqa: E402
+from numba.cuda.cudadrv import devicearray, dummyarray  # noqa: E402
+from numba.cuda.typing.typeof import Purpose, typeof  # noqa: E402
 
 from fastnn import step  # noqa: E402
 
 
+class _NoMemory:
+    """Where a HostlessArray's data would be: views of nothing are nothing."""
+
+    def view(self, *extent):
+        return self
+
+
+class HostlessArray(devicearray.DeviceNDArray):
+    """A numba-cuda device array without device memory, for typing only.
+
+    Its shape, strides and contiguity flags are kept by numba-cuda's own bookkeeping (a dummy array),
+    through slices (a[:rows]) and reshapes, and its numba type comes from DeviceNDArray._numba_type_:
+    exactly the type the same array gets on a GPU. NumPy arrays are typed by other rules, which have
+    differed: a zero-size device array with a zero stride (device_array((0, 0))) was layout 'A' in
+    numba-cuda releases where NumPy's was 'C'.
+    """
+
+    def __init__(self, shape, strides, dtype, stream=0, gpu_data=None):
+        # DeviceNDArray.__init__ less the allocation, which asks a GPU for a context even for 0 bytes
+        self.dtype = np.dtype(dtype)
+        self._dummy = dummyarray.Array.from_desc(0, tuple(shape), tuple(strides), self.dtype.itemsize)
+        self.shape, self.strides, self.size = self._dummy.shape, self._dummy.strides, self._dummy.size
+        self.ndim = len(self.shape)
+        self.gpu_data, self.stream = _NoMemory(), stream
+
+    __getitem__ = devicearray.DeviceNDArray._do_getitem  # DeviceNDArray's, less its require_context
+
+
+def device_array(shape, dtype=np.float64, strides=None, order="C", stream=0):
+    """cuda.device_array without a GPU: the same shape and strides."""
+    return HostlessArray(*prepare_shape_strides_dtype(shape, strides, dtype, order))
+
+
+def to_device(array, stream=0):
+    """cuda.to_device without a GPU: a device array takes the host array's strides."""
+    return HostlessArray(array.shape, array.strides, array.dtype)
+
+
+def argument_types(*args):
+    """The numba types a kernel launch gives these arguments (CUDADispatcher.typeof_pyval)."""
+    return tuple(typeof(a, Purpose.argument) for a in args)
+
+
 def compile_all(cc=(9, 0), out=None):
-    """Run every op of kernels.cuda at the seed config (784-128-10, batch 64), float32 and float64,
-    compiling each kernel it launches to PTX; returns {(kernel name, argument types): PTX file name}."""
+    """Run every op of kernels.cuda at the seed config (784-128-10, batch 64, and a partial last batch of
+    37 rows), float32 and float64, compiling each kernel it launches to PTX; returns
+    {(kernel name, argument types): PTX file name}."""
     dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
-    cuda.device_array = lambda shape, dtype=np.float64, **kw: np.zeros(shape, dtype)
-    cuda.to_device = np.array
+    cuda.device_array, cuda.to_device = device_array, to_device
     import kernels.cuda as kc
     from kernels.cuda import persistent
 
@@ -42,27 +89,31 @@ def compile_all(cc=(9, 0), out=None):
 
     def launch_config(kernel, config):
         def compile_for(*args):
-            key = (kernel.py_func.__name__, tuple(typeof(a, Purpose.argument) for a in args))
+            key = (kernel.py_func.__name__, argument_types(*args))
             if key not in compiled:
                 ptx, _ = cuda.compile_ptx(kernel.py_func, key[1], cc=cc)
                 compiled[key] = f"{key[0]}_{len(compiled)}"
                 if out is not None:
                     (Path(out) / f"{compiled[key]}.ptx").write_text(ptx)
-                print(f"compiled {compiled[key]}, launched {config}", flush=True)
+                print(f"compiled {compiled[key]}: {key[0]}({', '.join(map(str, key[1]))}), launched {config}",
+                      flush=True)
         return compile_for
 
     dispatcher.CUDADispatcher.__getitem__ = launch_config
-    rng = np.random.default_rng(0)
     B, N, sizes = 64, 100, (784, 128, 10)
+    labels = np.zeros(N, np.int64)
+    hyper = step.Hyper(momentum=0.9, weight_decay=1e-3)
     for dtype in (np.float32, np.float64):
         training = step.training_state(kc, step.he_init(sizes, dtype, seed=0), B)
         params, grads, optimizer, buffers = training
+        data = kc.prepare_data(np.zeros((N, sizes[0]), np.uint8), labels, 1 / 255)
+        for rows in (B, 37):  # a full batch, then a partial last one: views of the buffers' first rows
+            state = training._replace(buffers=step.first_rows(buffers, rows))
+            kc.train_step(*state, data, np.arange(rows), 0.1, hyper)  # version 1, launch by launch
+            persistent.train_steps(*state, data, step.Steps(np.zeros((2, rows), np.int64), np.ones(2)), hyper)
         acts, douts, targets, _ = buffers
-        data = kc.prepare_data(rng.integers(0, 256, (N, sizes[0]), np.uint8), np.zeros(N, np.int64), 1 / 255)
-        hyper = step.Hyper(momentum=0.9, weight_decay=1e-3)
-        kc.train_step(*training, data, np.arange(B), 0.1, hyper)  # version 1, launch by launch
-        persistent.train_steps(*training, data, step.Steps(np.arange(2 * B).reshape(2, B), np.ones(2)), hyper)
-        kc.gather_batch(acts[0], targets, data._replace(images=data.images.astype(dtype), scale=1.0), np.arange(B))
+        float_data = kc.prepare_data(np.zeros((N, sizes[0]), dtype), labels, 1.0)
+        kc.gather_batch(acts[0], targets, float_data, np.arange(B))
         kc.relu_forward(acts[1], acts[1])
         kc.relu_backward(douts[0], douts[0], acts[1])
         kc.softmax(douts[1], acts[2])
