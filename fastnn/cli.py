@@ -20,13 +20,26 @@ def add_common_args(parser):
                         help="folder holding the four IDX files (default: bundled / user cache)")
 
 
+def check_classes(model, data, weights_path):
+    """Refuse a model whose output layer is not one unit per class of the dataset (or whose input is not
+    its pixels): its predictions would be read as the wrong labels."""
+    n_inputs, n_outputs = model.coefs_[0].shape[0], model.coefs_[-1].shape[1]
+    n_pixels = data.test_images.shape[1]
+    if (n_inputs, n_outputs) != (n_pixels, len(data.classes)):
+        raise FastnnError(f"{weights_path}: the model maps {n_inputs} inputs to {n_outputs} outputs, but {data.name} "
+                          f"has {n_pixels} pixels and {len(data.classes)} classes: pass weights trained on it")
+
+
 def friendly_errors(main):
-    """Run main(argv); a FastnnError or Ctrl-C becomes one line on stderr and an exit code."""
+    """Run main(argv); a FastnnError, an OS error (disk full, permissions) or Ctrl-C becomes one line on
+    stderr and a non-zero exit status."""
     @functools.wraps(main)
     def wrapper(argv=None):
         try:
             return main(argv)
         except FastnnError as e:
+            sys.exit(f"error: {e}")
+        except OSError as e:  # e.g. [Errno 28] No space left on device: 'runs/a/.weights.npz.x.tmp'
             sys.exit(f"error: {e}")
         except KeyboardInterrupt:
             sys.exit("interrupted")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from fastnn import plots
-from fastnn.cli import add_common_args, friendly_errors
+from fastnn.cli import add_common_args, check_classes, friendly_errors
 from fastnn.data import load_dataset
 from fastnn.model import MLP
 
@@ -28,6 +28,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     model = MLP.load(args.weights, backend=args.backend, dtype=args.dtype or "float32")
     data = load_dataset(args.dataset, data_dir=args.data_dir)
+    check_classes(model, data, args.weights)
     pred = model.predict(data.test_images)
     accuracy = float(np.mean(pred == data.test_labels))
     for k, name in enumerate(data.classes):

@@ -7,6 +7,8 @@ The model checks its parameters and data, then hands the work on: the training l
 fastnn/training.py, the math to the backend, the files to fastnn/checkpoint.py.
 """
 import math
+import zlib
+from pathlib import Path
 
 import numpy as np
 
@@ -38,7 +40,7 @@ class MLP:
     validation_fraction : float in [0, 1), share of the training set held out to report `val_accuracy`.
     shuffle : bool, reshuffle the training set every epoch (False: batches in the order given).
     dtype : {"float32", "float64"}.
-    seed : int, seeds the He-normal initialisation and the per-epoch shuffles.
+    seed : int >= 0, seeds the He-normal initialisation, the validation split and the per-epoch shuffles.
 
     Attributes (after fit or load)
     ------------------------------
@@ -46,6 +48,8 @@ class MLP:
         uses what they hold.
     history_ : one dict per epoch (see `fit`).  loss_curve_ : mean training loss per epoch.
     n_iter_ : epochs trained so far (including those before a resume).  classes_ : 0..K-1.
+    run_state_ : how far the last fit got (a checkpoint.RunState), None before any: what finishing an
+        interrupted run needs besides the weights; `save` writes it beside them.
     """
 
     def __init__(self, hidden=(128,), backend="numpy", lr=0.01, momentum=0.0, weight_decay=0.0,
@@ -81,7 +85,8 @@ class MLP:
         return [record["loss"] for record in self.history_]
 
     # ---- checks -----------------------------------------------------------------------------
-    def _validate_params(self):
+    def check_params(self):
+        """Raise FastnnError naming the first parameter that is out of its range; fit does this first."""
         hidden = self.hidden
         if isinstance(hidden, int) or not all(isinstance(h, (int, np.integer)) and h > 0 for h in hidden):
             raise _param_error("hidden", "a tuple of positive ints", hidden)
@@ -103,6 +108,8 @@ class MLP:
                 raise _param_error(name, "a float in [0, 1)", value)
         if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < math.inf):
             raise _param_error("weight_decay", "a float >= 0", self.weight_decay)
+        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or self.seed < 0:
+            raise _param_error("seed", "an int >= 0", self.seed)  # NumPy's generators take no negative seed
 
     def _check_X(self, X, name="X"):
         """X as a C-contiguous uint8 (pixels, scaled by 1/255 as batches are gathered) or float array,
@@ -114,10 +121,13 @@ class MLP:
         if hasattr(self, "coefs_") and X.shape[1] != self.coefs_[0].shape[0]:
             raise FastnnError(f"{name} has {X.shape[1]} features but the model expects "
                               f"{self.coefs_[0].shape[0]}")
-        if X.dtype == np.uint8:  # grey levels 0..255: kept as bytes, scaled as each batch is gathered
-            return np.ascontiguousarray(X), 1 / 255
-        if not np.issubdtype(X.dtype, np.number):
-            raise FastnnError(f"{name} must hold numbers; got dtype {X.dtype}")
+        if np.issubdtype(X.dtype, np.integer):  # grey levels 0..255: kept as bytes, scaled as batches are gathered
+            if X.dtype != np.uint8 and (X.min() < 0 or X.max() > 255):
+                raise FastnnError(f"{name} holds integers from {X.min()} to {X.max()}: integer inputs are read as "
+                                  f"grey levels 0..255 (and scaled by 1/255); pass other features as floats")
+            return np.ascontiguousarray(X, dtype=np.uint8), 1 / 255
+        if not np.issubdtype(X.dtype, np.floating):
+            raise FastnnError(f"{name} must hold numbers (uint8 grey levels or floats); got dtype {X.dtype}")
         X = np.ascontiguousarray(X, dtype=self.dtype)
         if not np.isfinite(X).all():
             raise FastnnError(f"{name} contains NaN or infinite values: clean the data before training")
@@ -142,53 +152,95 @@ class MLP:
                       tuple(np.asarray(b, self.dtype) for b in self.intercepts_))
 
     # ---- training ---------------------------------------------------------------------------
-    def fit(self, X, y, warm_start=False, progress=False, on_epoch=None):
+    def fit(self, X, y, warm_start=False, progress=False, on_epoch=None, n_classes=None):
         """Train for `self.epochs` epochs and return self.
 
-        X (N, C) uint8 pixels (scaled by 1/255 as batches are gathered) or floats; y (N,) int labels.
+        X (N, C) uint8 pixels (or other integer grey levels 0..255; scaled by 1/255 as batches are
+        gathered) or floats; y (N,) int labels in 0..n_classes-1. n_classes: the output layer's width
+        for a new model (default: y.max() + 1; a dataset's class count when y is a sample of it).
         warm_start: continue from the current weights and history (after `load` or an earlier fit)
-        instead of initialising new ones. progress: show a progress bar per epoch.
-        on_epoch(record): called after each epoch with its history record, coefs_ already updated; it
-        may add entries (say, "test_accuracy") before the record is kept.
+        instead of initialising new ones. If the last run stopped before its last epoch (`run_state_`
+        says how far it got), this finishes it bitwise as if it had never stopped: momentum, schedule
+        and shuffles where they were; it then needs the same settings and data. Otherwise it trains
+        `self.epochs` more epochs as a new run. progress: show a progress bar per epoch.
+        on_epoch(record): called after each epoch with its history record, coefs_, history_ and
+        run_state_ already updated; it may add entries (say, "test_accuracy") to the record.
         A record: epoch, loss (mean over the epoch's batches), train_accuracy (of those batches, each
         before its update), val_accuracy (None without a validation split), seconds (training only:
         shuffle, steps, copying the weights back), lr (of the epoch's last step).
         """
-        self._validate_params()
+        self.check_params()
         ops = get_backend(self.backend)
         X, scale = self._check_X(X)
         y = self._check_y(y, X.shape[0])
-        if not (warm_start and hasattr(self, "coefs_")):
-            params = he_init((X.shape[1], *self.hidden, int(y.max()) + 1), self.dtype, self.seed)
-            self.coefs_, self.intercepts_ = list(params.weights), list(params.biases)
-            self.history_ = []
-        n_classes = self.coefs_[-1].shape[1]
-        if y.max() >= n_classes:
-            raise FastnnError(f"y holds label {y.max()} but the model has {n_classes} classes")
-
-        rng = np.random.default_rng([self.seed, self.n_iter_])  # per-run stream, distinct on resume
         n_val = int(len(X) * self.validation_fraction)
+        if self.validation_fraction and not n_val:
+            raise FastnnError(f"validation_fraction={self.validation_fraction} of {len(X)} rows holds out no row: "
+                              f"use at least {1 / len(X):.2g}, or 0 for no validation split")
+        if not (warm_start and hasattr(self, "coefs_")):
+            n_classes = int(y.max()) + 1 if n_classes is None else n_classes
+            params = he_init((X.shape[1], *self.hidden, n_classes), self.dtype, self.seed)
+            self.coefs_, self.intercepts_ = list(params.weights), list(params.biases)
+            self.history_, self.run_state_ = [], None
+        classes = self.coefs_[-1].shape[1]
+        if n_classes is not None and n_classes != classes:
+            raise FastnnError(f"the model has {classes} outputs but the data has {n_classes} classes")
+        if y.max() >= classes:
+            raise FastnnError(f"y holds label {y.max()} but the model has {classes} classes")
+
+        settings = self._run_settings(X, y)
+        state = self.run_state_ if warm_start else None
+        if state is not None and state.done < state.epochs:  # an interrupted run: finish it
+            self._check_continuation(state, settings)
+            first_epoch, done, velocity = state.first_epoch, state.done, state.velocity
+        else:
+            first_epoch, done, velocity = self.n_iter_ + 1, 0, None
+        # one generator per run, seeded by where the run starts: the validation split, then the shuffles
+        rng = np.random.default_rng([self.seed, first_epoch - 1])
         order = rng.permutation(len(X)) if n_val else np.arange(len(X))
         train_rows, val_rows = order[n_val:], order[:n_val]
-        settings = training.Settings(self.batch_size, self.epochs, self.lr, self.schedule,
-                                     Hyper(self.momentum, self.weight_decay), self.shuffle)
+        if done:
+            rng.bit_generator.state = state.rng_state  # where the shuffles were after epoch `done`
+        loop = training.Settings(self.batch_size, self.epochs, self.lr, self.schedule,
+                                 Hyper(self.momentum, self.weight_decay), self.shuffle)
         data = ops.prepare_data(X, y, scale)
-        for epoch in training.fit(ops, self._params(), data, train_rows, settings, rng, self.n_iter_ + 1, progress):
+        for epoch in training.fit(ops, self._params(), data, train_rows, loop, rng, first_epoch, progress,
+                                  velocity, done):
             self.coefs_, self.intercepts_ = list(epoch.params.weights), list(epoch.params.biases)
             record = {"epoch": epoch.number, "loss": epoch.loss, "train_accuracy": epoch.n_correct / len(train_rows),
                       "val_accuracy": self.score(X[val_rows], y[val_rows]) if n_val else None,
                       "seconds": epoch.seconds, "lr": epoch.lr}
+            self.history_.append(record)
+            self.run_state_ = checkpoint.RunState(
+                first_epoch, self.epochs, epoch.number - first_epoch + 1, epoch.velocity,
+                rng.bit_generator.state, settings, list(self.history_), checkpoint.weights_digest(epoch.params))
             if on_epoch is not None:
                 on_epoch(record)
-            self.history_.append(record)
         return self
+
+    def _run_settings(self, X, y):
+        """What a run's trajectory depends on besides the weights: checked before finishing a run."""
+        return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
+                "batch_size": self.batch_size, "epochs": self.epochs, "schedule": self.schedule,
+                "validation_fraction": self.validation_fraction, "shuffle": self.shuffle, "seed": self.seed,
+                "dtype": self.dtype, "rows": len(X),
+                # a fingerprint of the data (~30 ms for MNIST): another --limit or dataset is another run
+                "data_crc32": zlib.crc32(y, zlib.crc32(X))}
+
+    @staticmethod
+    def _check_continuation(state, settings):
+        changed = [f"{k}={state.settings.get(k)!r} (now {v!r})" for k, v in settings.items()
+                   if state.settings.get(k) != v]
+        if changed:
+            raise FastnnError(f"the run stopped at epoch {state.done} of {state.epochs} and can only be finished "
+                              f"with the settings and data it started with: it had {', '.join(changed)}")
 
     # ---- inference --------------------------------------------------------------------------
     def _logits(self, X):
         """Yield (rows, logits) per chunk of X, computed by the backend from coefs_ and intercepts_;
         the logits stay where the backend computes."""
         self._check_fitted()
-        self._validate_params()
+        self.check_params()
         ops = get_backend(self.backend)
         X, scale = self._check_X(X)
         params = to_device(ops, self._params())
@@ -229,20 +281,33 @@ class MLP:
 
     # ---- persistence ------------------------------------------------------------------------
     def save(self, path):
-        """Write weights.npz (fastnn/checkpoint.py's layout), atomically."""
+        """Write weights.npz (fastnn/checkpoint.py's layout) and, after a fit, train_state.npz beside it
+        (what finishing an interrupted run needs), each atomically."""
         if not hasattr(self, "coefs_"):
             raise FastnnError("this MLP is not fitted yet: nothing to save")
-        checkpoint.write_weights(path, self._params())
+        checkpoint.write_weights(path, self._params(), self.run_state_)
 
     @classmethod
     def load(cls, path, **params):
         """An MLP holding the weights of `path` (as written by save, or the original program's (1, n)
-        biases) and the epochs of the history.json beside it, if any; `params` set the rest (backend,
+        biases), with the epochs and run state saved beside it if any; `params` set the rest (backend,
         dtype, ...). Continue training with fit(warm_start=True)."""
-        weights, biases = checkpoint.read_weights(path)
+        weights, biases = stored = checkpoint.read_weights(path)
         model = cls(hidden=tuple(w.shape[1] for w in weights[:-1]), **params)
-        model._validate_params()
-        model.coefs_ = [w.astype(model.dtype) for w in weights]
-        model.intercepts_ = [b.astype(model.dtype) for b in biases]
-        model.history_ = checkpoint.read_history(path)
+        model.check_params()
+        model.coefs_, model.intercepts_ = [], []
+        for i, (w, b) in enumerate(zip(weights, biases), start=1):
+            with np.errstate(over="ignore"):  # overflow becomes inf, refused just below
+                w, b = w.astype(model.dtype), b.astype(model.dtype)
+            if not (np.isfinite(w).all() and np.isfinite(b).all()):  # finite float64 beyond float32's range
+                raise FastnnError(f"{path}: W{i} or b{i} holds values beyond {model.dtype}'s range: "
+                                  f"load it with dtype float64")
+            model.coefs_.append(w)
+            model.intercepts_.append(b)
+        state = checkpoint.read_state(path)
+        if state is not None and state.weights_sha256 != checkpoint.weights_digest(stored):
+            raise FastnnError(f"{Path(path).with_name(checkpoint.STATE)} belongs to other weights than {path} "
+                              f"(another run's, or saved mid-write): move it away to use the weights alone")
+        model.run_state_ = state
+        model.history_ = state.history if state is not None else checkpoint.read_history(path)
         return model

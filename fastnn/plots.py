@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from fastnn.fileio import atomic_write
+from fastnn.fileio import FastnnError, atomic_write
 
 DPI = 120  # ~1200 px wide figures: sharp on screen, under 200 kB on disk
 ACCURACIES = [("train_accuracy", "train"), ("val_accuracy", "validation"), ("test_accuracy", "test")]  # history keys
@@ -44,7 +44,7 @@ def plot_loss_accuracy(path, history):
     path : the `path` argument.
     """
     if not history:
-        raise ValueError("history is empty: there is no epoch to plot")
+        raise FastnnError("history is empty: there is no epoch to plot")
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
 
@@ -93,10 +93,10 @@ def confusion_matrix(y_true, y_pred, n_classes):
     """
     y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
     if y_true.shape != y_pred.shape or y_true.ndim != 1:
-        raise ValueError(f"y_true and y_pred must be 1-D and the same length; got {y_true.shape} and {y_pred.shape}")
+        raise FastnnError(f"y_true and y_pred must be 1-D and the same length; got {y_true.shape} and {y_pred.shape}")
     for name, labels in [("y_true", y_true), ("y_pred", y_pred)]:
         if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
-            raise ValueError(f"{name} must hold labels in 0..{n_classes - 1}; got {labels.min()}..{labels.max()}")
+            raise FastnnError(f"{name} must hold labels in 0..{n_classes - 1}; got {labels.min()}..{labels.max()}")
     # pair (t, p) -> cell t * n_classes + p of the flattened matrix
     counts = np.bincount(n_classes * y_true + y_pred, minlength=n_classes * n_classes)
     return counts.reshape(n_classes, n_classes)

@@ -114,13 +114,15 @@ def to_host(ops, layers):
                   tuple(np.array(ops.to_host(b)) for b in layers.biases))
 
 
-def training_state(ops, params, batch_size):
-    """TrainingState for host parameters `params` (a Layers): copied to the backend with empty gradients,
-    zero velocities and step buffers for batches of batch_size rows."""
+def training_state(ops, params, batch_size, velocity=None):
+    """TrainingState for host parameters `params` and momentum buffers `velocity` (Layers; velocity None:
+    zeros), copied to the backend with empty gradients and step buffers for batches of batch_size rows."""
     dtype = params.weights[0].dtype
     sizes = layer_sizes(params.weights)
-    zeros = Layers(tuple(np.zeros_like(w) for w in params.weights), tuple(np.zeros_like(b) for b in params.biases))
+    if velocity is None:
+        velocity = Layers(tuple(np.zeros_like(w) for w in params.weights),
+                          tuple(np.zeros_like(b) for b in params.biases))
     grads = Layers(tuple(ops.empty(w.shape, dtype) for w in params.weights),
                    tuple(ops.empty(b.shape, dtype) for b in params.biases))
-    return TrainingState(params=to_device(ops, params), grads=grads, optimizer=OptimizerState(to_device(ops, zeros)),
+    return TrainingState(params=to_device(ops, params), grads=grads, optimizer=OptimizerState(to_device(ops, velocity)),
                          buffers=step_buffers(ops, sizes, batch_size, dtype))

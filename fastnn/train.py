@@ -3,19 +3,22 @@
     uv run python -m fastnn.train --backend numpy            # the default preset (>= 98% test accuracy)
     uv run python -m fastnn.train --preset seed              # the original program: 784-128-10, SGD
     uv run python -m fastnn.train --hidden 512,256 --epochs 5 --out runs/big
-    uv run python -m fastnn.train --resume runs/big/weights.npz --epochs 3
+    uv run python -m fastnn.train --resume runs/big/weights.npz --epochs 3 --out runs/big
 
-Writes weights.npz, history.json, loss_accuracy.png, confusion_matrix.png and samples.png into --out
-(default runs/<timestamp>/), each atomically.
+Writes weights.npz, train_state.npz and history.json into --out (default runs/<timestamp>/) after
+every epoch, and loss_accuracy.png, confusion_matrix.png and samples.png at the end, each atomically.
+A run stopped early (Ctrl-C, a crash, a killed process) is finished by running the same command with
+--resume OUT/weights.npz added: the weights come out bitwise as if it had never stopped.
 """
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from fastnn import checkpoint
 from fastnn.backends import get_backend
-from fastnn.cli import add_common_args, friendly_errors
+from fastnn.cli import add_common_args, check_classes, friendly_errors
 from fastnn.data import load_dataset
 from fastnn.fileio import FastnnError
 from fastnn.model import MLP
@@ -86,51 +89,93 @@ def resolve_config(args):
     return config
 
 
+def check_out_folder(out):
+    """Make sure the outputs can be written to `out` before any training time is spent."""
+    if out.exists() and not out.is_dir():
+        raise FastnnError(f"--out {out} is a file: give a folder to write the outputs into")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise FastnnError(f"--out {out}: cannot write there ({e.strerror}): choose another folder") from None
+
+
+def resume_line(path, model, epochs):
+    """What --resume is about to do, in one line."""
+    state = model.run_state_
+    if state is not None and state.done < state.epochs:
+        return (f"resuming {path}: its run stopped after epoch {state.first_epoch - 1 + state.done} of "
+                f"{state.first_epoch - 1 + state.epochs}; finishing it exactly as it would have run")
+    why = "its run finished" if state is not None else "no train state beside it"
+    return (f"resuming {path} after epoch {model.n_iter_} ({why}): {epochs} more epochs as a new run, "
+            f"with momentum from zero and a new schedule")
+
+
 @friendly_errors
 def main(argv=None):
     """Train, evaluate, save; returns a dict of the final metrics and where the outputs went."""
     args = build_parser().parse_args(argv)
     config = resolve_config(args)
-    if args.limit is not None and args.limit < 1:
-        raise FastnnError(f"--limit must be >= 1, got {args.limit}")
     if args.show and args.no_plots:
         raise FastnnError("--show needs the figures: drop --no-plots")
     data = load_dataset(args.dataset, data_dir=args.data_dir)
+    n_train = len(data.train_images)
+    if args.limit is not None and not 1 <= args.limit <= n_train:
+        raise FastnnError(f"--limit must be from 1 to the {n_train} training images of {args.dataset}, "
+                          f"got {args.limit}")
     X, y = data.train_images[:args.limit], data.train_labels[:args.limit]
     out = Path(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
 
     params = {k: v for k, v in config.items() if k != "hidden"}
     params["backend"] = args.backend
-    if args.resume:  # its history.json, if beside it, keeps the epochs counting
+    if args.resume:  # the epochs, and the run state if the run was interrupted, are saved beside it
         model = MLP.load(args.resume, **params)
         config["hidden"] = model.hidden
+        check_classes(model, data, args.resume)
     else:
         model = MLP(hidden=config["hidden"], **params)
+    model.check_params()  # a bad --seed or --lr is reported before the output folder is made
+    check_out_folder(out)
 
     print(f"fastnn | {args.dataset} {len(X)} train / {len(data.test_images)} test | backend {args.backend} | "
           + " ".join(f"{k}={v}" for k, v in config.items()), flush=True)
+    if args.resume:
+        print(resume_line(args.resume, model, config["epochs"]), flush=True)
     notice = getattr(get_backend(args.backend), "compile_notice", lambda: None)()
     if notice:
         print(notice, flush=True)
 
-    last_epoch = getattr(model, "n_iter_", 0) + config["epochs"]
+    run_config = {**config, "backend": args.backend, "dataset": args.dataset, "limit": args.limit,
+                  "resumed_from": args.resume}
+    last_epoch = None
 
-    def score_and_report(record):
+    def score_report_and_save(record):
+        """After each epoch: the test accuracy, one line, and the weights, run state and history on disk,
+        so that a run stopped at any point can be finished with --resume."""
+        nonlocal last_epoch
+        state = model.run_state_
+        last_epoch = state.first_epoch - 1 + state.epochs
         record["test_accuracy"] = model.score(data.test_images, data.test_labels)
         val = f" | val {record['val_accuracy']:.2%}" if record["val_accuracy"] is not None else ""
         print(f"epoch {record['epoch']}/{last_epoch} | "
               f"loss {record['loss']:.4f} | train {record['train_accuracy']:.2%}{val} | "
               f"test {record['test_accuracy']:.2%} | {record['seconds']:.2f} s", flush=True)
+        model.save(out / "weights.npz")
+        checkpoint.write_history(out / checkpoint.HISTORY, run_config, model.history_)
 
-    model.fit(X, y, warm_start=bool(args.resume), progress=sys.stderr.isatty(), on_epoch=score_and_report)
+    try:
+        model.fit(X, y, warm_start=bool(args.resume), progress=sys.stderr.isatty(),
+                  on_epoch=score_report_and_save, n_classes=len(data.classes))
+    except KeyboardInterrupt:
+        if last_epoch is None:
+            raise
+        raise FastnnError(f"interrupted after epoch {model.n_iter_} of {last_epoch}: to finish the run, "
+                          f"run the same command with --resume {out / 'weights.npz'}") from None
 
     probs = model.predict_proba(data.test_images)  # (N, K)
     test_pred = probs.argmax(axis=1)
     accuracy = float((test_pred == data.test_labels).mean())
-    model.save(out / "weights.npz")
-    checkpoint.write_history(out / checkpoint.HISTORY,
-                             {**config, "backend": args.backend, "dataset": args.dataset, "limit": args.limit,
-                              "resumed_from": args.resume}, model.history_)
     if not args.no_plots:
         from fastnn import plots  # matplotlib takes ~1 s to import: only when figures are wanted
 

@@ -45,6 +45,7 @@ class Epoch(NamedTuple):
     lr: float  # the learning rate of the epoch's last step
     seconds: float  # training time: shuffle, steps, copying the parameters back
     params: Layers  # the parameters after the epoch, host copies
+    velocity: Layers  # the momentum buffers after the epoch, host copies: what an exact resume needs
 
 
 def learning_rate(settings, t, total_steps):
@@ -57,14 +58,19 @@ def learning_rate(settings, t, total_steps):
 class Trainer:
     """One fit's state where the backend computes, and an epoch of train_steps calls on it."""
 
-    def __init__(self, ops, params, batch_size, hyper):
-        """params: host Layers, copied to the backend; batches of up to batch_size rows."""
+    def __init__(self, ops, params, batch_size, hyper, velocity=None):
+        """params, velocity: host Layers (velocity None: zeros), copied to the backend; batches of up to
+        batch_size rows."""
         self.ops, self.batch_size, self.hyper = ops, batch_size, hyper
-        self.state = training_state(ops, params, batch_size)
+        self.state = training_state(ops, params, batch_size, velocity)
 
     def params(self):
         """The current parameters as host copies."""
         return to_host(self.ops, self.state.params)
+
+    def velocity(self):
+        """The current momentum buffers as host copies."""
+        return to_host(self.ops, self.state.optimizer.velocity)
 
     def run_epoch(self, data, order, lrs, epoch=1, progress=False):
         """Train on rows `order` (N,) of data, batch after batch, step t at rate lrs[t].
@@ -99,20 +105,24 @@ class Trainer:
         return sum(losses) / len(losses), n_correct
 
 
-def fit(ops, params, data, rows, settings, rng, first_epoch=1, progress=False):
-    """Train host params (a Layers) on rows `rows` of data for settings.epochs epochs.
+def fit(ops, params, data, rows, settings, rng, first_epoch=1, progress=False, velocity=None, epochs_done=0):
+    """Train host params (a Layers) on rows `rows` of data: epochs epochs_done .. settings.epochs - 1
+    of a run of settings.epochs epochs (the schedule spans the whole run).
 
-    data: the backend's (ops.prepare_data); rng: the generator of the shuffles. Yields one Epoch
-    after each epoch, its parameters copied back to the host.
+    data: the backend's (ops.prepare_data); rng: the generator of the shuffles, in the state it had
+    after epoch epochs_done; velocity: the momentum buffers then (None: zeros, a new run);
+    first_epoch: the number of the run's first epoch. Yields one Epoch after each epoch, its
+    parameters and velocities copied back to the host. A run stopped after any epoch and continued
+    from that epoch's params, velocity and rng state trains bitwise as the uninterrupted run.
     """
     batch_size = min(settings.batch_size, len(rows))
-    trainer = Trainer(ops, params, batch_size, settings.hyper)
+    trainer = Trainer(ops, params, batch_size, settings.hyper, velocity)
     steps_per_epoch = -(-len(rows) // batch_size)
     total_steps = steps_per_epoch * settings.epochs
-    for e in range(settings.epochs):
+    for e in range(epochs_done, settings.epochs):
         start = time.perf_counter()
         order = rng.permutation(rows) if settings.shuffle else rows
         lrs = [learning_rate(settings, e * steps_per_epoch + t, total_steps) for t in range(steps_per_epoch)]
         loss, n_correct = trainer.run_epoch(data, order, lrs, first_epoch + e, progress)
-        params = trainer.params()
-        yield Epoch(first_epoch + e, loss, n_correct, lrs[-1], time.perf_counter() - start, params)
+        params, velocity = trainer.params(), trainer.velocity()
+        yield Epoch(first_epoch + e, loss, n_correct, lrs[-1], time.perf_counter() - start, params, velocity)

@@ -41,6 +41,11 @@ def test_non_npz_and_missing_weights_files(tmp_path):
     (tmp_path / "w.npz").write_text("not a zip")
     with pytest.raises(FastnnError, match="not a readable weights .npz"):
         checkpoint.read_weights(tmp_path / "w.npz")
+    np.save(tmp_path / "w.npy", np.zeros((3, 2)))
+    with pytest.raises(FastnnError, match="a single .npy array, not a weights .npz"):
+        checkpoint.read_weights(tmp_path / "w.npy")
+    with pytest.raises(FastnnError, match="not a readable weights .npz"):
+        checkpoint.read_weights(tmp_path)  # a folder
     with pytest.raises(FastnnError, match="no such weights file"):
         checkpoint.read_weights(tmp_path / "missing.npz")
     np.savez(tmp_path / "obj.npz", W1=np.array([object()]), b1=np.zeros(1))
@@ -50,14 +55,74 @@ def test_non_npz_and_missing_weights_files(tmp_path):
 
 def test_history_round_trip_and_absence(tmp_path):
     assert checkpoint.read_history(tmp_path / "weights.npz") == []
-    epochs = [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}]
+    epochs = [{"epoch": 1, "loss": 0.5, "train_accuracy": 0.8}, {"epoch": 2, "loss": 0.25, "train_accuracy": 0.9}]
     checkpoint.write_history(tmp_path / checkpoint.HISTORY, {"hidden": [8]}, epochs)
     assert checkpoint.read_history(tmp_path / "weights.npz") == epochs
 
 
-@pytest.mark.parametrize("content", ["{not json", '{"config": {}}', '{"epochs": [1, 2]}'])
+@pytest.mark.parametrize("content", [
+    "{not json", '{"config": {}}', '{"epochs": [1, 2]}', "[1, 2]", '{"epochs": {"loss": 1}}',
+    '{"epochs": [{"loss": 0.5}]}',  # a foreign record: no epoch number or accuracy
+    '{"epochs": [{"epoch": 2, "loss": 0.5, "train_accuracy": 0.9}]}',  # numbered from 2
+])
 def test_a_broken_history_is_one_clear_line(tmp_path, content):
     (tmp_path / checkpoint.HISTORY).write_text(content)
     with pytest.raises(FastnnError, match="history.json.*move it away") as info:
         checkpoint.read_history(tmp_path / "weights.npz")
     assert "\n" not in str(info.value)
+
+
+def run_state(history_length=2):
+    velocity = Layers((np.full((3, 2), 0.5, np.float32),), (np.arange(2, dtype=np.float32),))
+    history = [{"epoch": e, "loss": 1.0 / e, "train_accuracy": 0.5} for e in range(1, history_length + 1)]
+    rng = np.random.default_rng(7)
+    rng.permutation(10)
+    return checkpoint.RunState(first_epoch=1, epochs=5, done=history_length, velocity=velocity,
+                               rng_state=rng.bit_generator.state, settings={"lr": 0.1, "seed": 7},
+                               history=history, weights_sha256="ab" * 32)
+
+
+def test_run_state_round_trip_without_pickle(tmp_path):
+    state = run_state()
+    params = Layers((np.ones((3, 2), np.float32),), (np.zeros(2, np.float32),))
+    checkpoint.write_weights(tmp_path / "weights.npz", params, state)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train_state.npz", "weights.npz"]
+    with np.load(tmp_path / checkpoint.STATE, allow_pickle=False) as npz:  # no object arrays inside
+        assert sorted(npz.files) == ["V1", "meta", "vb1"]
+    loaded = checkpoint.read_state(tmp_path / "weights.npz")
+    for got, want in zip(loaded.velocity.weights + loaded.velocity.biases, state.velocity.weights + state.velocity.biases):
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == want.dtype
+    assert loaded._replace(velocity=None) == state._replace(velocity=None)
+    rng = np.random.default_rng()
+    rng.bit_generator.state = loaded.rng_state  # the 128-bit PCG64 state survives JSON
+    expected = np.random.default_rng(7)
+    expected.permutation(10)
+    assert (rng.permutation(10) == expected.permutation(10)).all()
+    assert checkpoint.read_state(tmp_path / "elsewhere" / "weights.npz") is None
+
+
+@pytest.mark.parametrize("damage", ["not an npz", "foreign meta", "inconsistent progress"])
+def test_a_broken_run_state_is_one_clear_line(tmp_path, damage):
+    path = tmp_path / checkpoint.STATE
+    if damage == "not an npz":
+        path.write_text("PK but not really")
+    elif damage == "foreign meta":
+        np.savez(path, V1=np.zeros((3, 2)), vb1=np.zeros(2), meta=np.array('{"epochs": 3}'))
+    else:
+        params = Layers((np.ones((3, 2), np.float32),), (np.zeros(2, np.float32),))
+        checkpoint.write_weights(tmp_path / "weights.npz", params, run_state()._replace(done=4))  # 2 records
+    with pytest.raises(FastnnError, match="train_state.npz.*move it away") as info:
+        checkpoint.read_state(tmp_path / "weights.npz")
+    assert "\n" not in str(info.value)
+
+
+def test_a_failed_save_leaves_the_previous_pair_whole(tmp_path):
+    params = Layers((np.ones((3, 2), np.float32),), (np.zeros(2, np.float32),))
+    checkpoint.write_weights(tmp_path / "weights.npz", params, run_state())
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    unwritable = run_state()._replace(settings={"lr": object()})  # json.dumps fails mid-save
+    with pytest.raises(TypeError):
+        checkpoint.write_weights(tmp_path / "weights.npz", params._replace(biases=(np.ones(2, np.float32),)),
+                                 unwritable)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temp file, nothing replaced

@@ -10,23 +10,26 @@ from fastnn import evaluate, predict, train
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
+    """The default preset, small: 2000 images, 3 epochs, 32 hidden units (~90% test accuracy)."""
     out = tmp_path_factory.mktemp("run")
-    metrics = train.main(["--limit", "300", "--epochs", "1", "--hidden", "32", "--out", str(out)])
+    metrics = train.main(["--limit", "2000", "--epochs", "3", "--hidden", "32", "--out", str(out)])
     return out, metrics
 
 
 def test_train_writes_every_output(trained_run, capsys):
     out, metrics = trained_run
     assert sorted(p.name for p in out.iterdir()) == [
-        "confusion_matrix.png", "history.json", "loss_accuracy.png", "samples.png", "weights.npz"]
+        "confusion_matrix.png", "history.json", "loss_accuracy.png", "samples.png", "train_state.npz",
+        "weights.npz"]
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     history = json.loads((out / "history.json").read_text())
-    assert history["config"]["hidden"] == [32] and history["config"]["limit"] == 300
-    (epoch,) = history["epochs"]
+    assert history["config"]["hidden"] == [32] and history["config"]["limit"] == 2000
+    assert [epoch["epoch"] for epoch in history["epochs"]] == [1, 2, 3]
+    epoch = history["epochs"][-1]
     assert set(epoch) >= {"epoch", "loss", "train_accuracy", "test_accuracy", "seconds"}
     assert epoch["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
-    assert 0.3 < metrics["test_accuracy"] <= 1  # 300 images, one epoch: well above chance (0.1)
+    assert 0.8 < metrics["test_accuracy"] <= 1  # 2000 images, 3 epochs: far above chance (0.1)
 
 
 def test_train_prints_one_line_per_epoch_and_the_accuracy_last(tmp_path, capsys):
@@ -36,12 +39,14 @@ def test_train_prints_one_line_per_epoch_and_the_accuracy_last(tmp_path, capsys)
     assert lines[-1] == f"test accuracy: {metrics['test_accuracy']:.2%}"
 
 
-def test_resume_continues_the_epoch_count(trained_run, tmp_path):
+def test_resuming_a_finished_run_trains_on_as_a_new_run_and_says_so(trained_run, tmp_path, capsys):
     out, _ = trained_run
     metrics = train.main(["--resume", str(out / "weights.npz"), "--limit", "300", "--epochs", "1",
                           "--out", str(tmp_path)])
-    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3, 4]
     assert json.loads((tmp_path / "history.json").read_text())["config"]["hidden"] == [32]
+    assert (f"resuming {out / 'weights.npz'} after epoch 3 (its run finished): 1 more epochs as a new run, "
+            f"with momentum from zero and a new schedule") in capsys.readouterr().out.splitlines()
 
 
 def test_evaluate_prints_accuracy_and_writes_the_confusion_matrix(trained_run, tmp_path, capsys):
@@ -52,33 +57,96 @@ def test_evaluate_prints_accuracy_and_writes_the_confusion_matrix(trained_run, t
     assert capsys.readouterr().out.splitlines()[-1] == f"test accuracy: {metrics['test_accuracy']:.2%}"
 
 
-def test_predict_reads_an_image_and_inverts_dark_on_light(trained_run, tmp_path, mnist, capsys):
+def test_predict_reads_a_seven_as_a_seven_in_every_form(trained_run, tmp_path, mnist, capsys):
     out, _ = trained_run
-    digit = mnist.test_images[0].reshape(28, 28)  # a 7
+    digit = mnist.test_images[0].reshape(28, 28)  # the test set's first image: a 7
     Image.fromarray(digit).save(tmp_path / "seven.png")
     Image.fromarray(255 - digit).resize((56, 56)).save(tmp_path / "paper.png")  # dark ink, twice the size
-    (label, prob), (label2, _) = predict.main([str(out / "weights.npz"), str(tmp_path / "seven.png"),
-                                               str(tmp_path / "paper.png")])
+    ink = np.zeros((28, 28, 4), np.uint8)
+    ink[..., 3] = digit  # black ink on a transparent background: colour is black everywhere
+    Image.fromarray(ink, "RGBA").save(tmp_path / "transparent.png")
+    paths = [str(tmp_path / name) for name in ("seven.png", "paper.png", "transparent.png")]
+    results = predict.main([str(out / "weights.npz"), *paths])
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0] == f"{tmp_path / 'seven.png'}: {label} (probability {prob:.1%})"
-    assert "inverted" in printed[1] and label2 == label
-    assert 0 <= label <= 9 and 0.1 <= prob <= 1
+    assert [label for label, _ in results] == [7, 7, 7]
+    assert results[0][1] > 0.5
+    assert printed[0] == f"{paths[0]}: 7 (probability {results[0][1]:.1%})"
+    assert "inverted" in printed[1] and "inverted" in printed[2]
+
+
+def test_transparency_is_filled_with_the_shade_opposite_to_the_ink(mnist, tmp_path):
+    digit = mnist.test_images[0].reshape(28, 28)
+    white_ink = np.full((28, 28, 4), 255, np.uint8)
+    white_ink[..., 3] = digit  # light ink on transparent white: the background must become black
+    Image.fromarray(white_ink, "RGBA").save(tmp_path / "white.png")
+    pixels, inverted = predict.read_image(tmp_path / "white.png")
+    assert not inverted
+    np.testing.assert_allclose(pixels.astype(int), digit.reshape(-1), atol=1)
+
+
+@pytest.fixture
+def bad_files(tmp_path, trained_run):
+    """Files a user might wrongly pass, by name: {name: path}."""
+    out, _ = trained_run
+    files = {"file": tmp_path / "a_file.txt", "npy": tmp_path / "w.npy", "wide": tmp_path / "w128" / "weights.npz",
+             "corrupt": tmp_path / "corrupt" / "weights.npz", "foreign": tmp_path / "foreign" / "weights.npz"}
+    files["file"].write_text("not a folder")
+    np.save(files["npy"], np.zeros((784, 10)))
+    files["wide"].parent.mkdir()
+    np.savez(files["wide"], W1=np.zeros((784, 128)), b1=np.zeros(128))  # a hidden layer alone: not a classifier
+    for name, history in [("corrupt", "\x00\x9c{garbage"), ("foreign", '{"epochs": [{"loss": 1.0}]}')]:
+        files[name].parent.mkdir()
+        files[name].write_bytes((out / "weights.npz").read_bytes())
+        (files[name].parent / "history.json").write_text(history)
+    return files
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--hidden", "12,x"], "expected sizes like 128 or 512,256"),
     (["--backend", "tpu"], "invalid choice: 'tpu'"),
-    (["--limit", "0"], "error: --limit must be >= 1"),
+    (["--limit", "0"], "error: --limit must be from 1 to the 60000 training images of mnist, got 0"),
+    (["--limit", "70000"], "error: --limit must be from 1 to the 60000 training images of mnist, got 70000"),
+    (["--seed", "-1"], "error: The 'seed' parameter of MLP must be an int >= 0. Got -1 instead."),
+    (["--limit", "100", "--validation", "0.001"], "holds out no row: use at least 0.01, or 0"),
     (["--resume", "missing.npz"], "error: missing.npz: no such weights file"),
+    (["--resume", "{npy}"], "a single .npy array, not a weights .npz"),
+    (["--resume", "{wide}"], "the model maps 784 inputs to 128 outputs, but mnist has 784 pixels and 10 classes"),
+    (["--resume", "{corrupt}"], "history.json: not a history.json written by fastnn.train"),
+    (["--resume", "{foreign}"], "history.json: not a history.json written by fastnn.train"),
+    (["--out", "{file}"], "a_file.txt is a file: give a folder"),
+    (["--out", "{file}/run"], "cannot write there (Not a directory)"),
     (["--dataset", "fashion-mnist", "--data-dir", "/nonexistent/dir/x"], "error: "),
 ])
-def test_bad_input_gives_one_clear_line(argv, message, capsys, monkeypatch, tmp_path):
+def test_bad_input_gives_one_clear_line(argv, message, bad_files, capsys, monkeypatch, tmp_path):
     import fastnn.data
     monkeypatch.setattr(fastnn.data, "_open_url", lambda url: (_ for _ in ()).throw(OSError("offline")))
+    argv = [arg.format(**bad_files) for arg in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out")]
     with pytest.raises(SystemExit) as e:
-        train.main(argv + ["--out", str(tmp_path)])
+        train.main(argv)
+    assert e.value.code not in (0, None)
     text = str(e.value.code) if isinstance(e.value.code, str) else capsys.readouterr().err
     assert message in text.strip().splitlines()[-1] and "Traceback" not in text  # argparse prints usage first
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())  # nothing trained or saved
+
+
+@pytest.mark.parametrize("weights, message", [
+    ("{npy}", "a single .npy array, not a weights .npz"),
+    ("{wide}", "the model maps 784 inputs to 128 outputs, but mnist has 784 pixels and 10 classes"),
+])
+def test_evaluate_refuses_weights_that_do_not_fit_the_dataset(weights, message, bad_files, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        evaluate.main([weights.format(**bad_files), "--out", str(tmp_path / "eval")])
+    assert message in str(e.value.code) and "\n" not in str(e.value.code)
+    assert not (tmp_path / "eval").exists()
+
+
+def test_a_small_limit_still_builds_one_output_per_class(tmp_path):
+    """--limit 3 holds the labels 5, 0, 4: the model still has the dataset's 10 outputs."""
+    train.main(["--limit", "3", "--epochs", "1", "--hidden", "8", "--no-plots", "--out", str(tmp_path)])
+    with np.load(tmp_path / "weights.npz") as npz:
+        assert npz["W2"].shape == (8, 10)
 
 
 def test_bad_image_and_bad_weights_give_one_clear_line(trained_run, tmp_path):
@@ -108,7 +176,7 @@ def test_divergence_stops_with_one_line_and_leaves_earlier_weights_whole(trained
 
 def test_no_plots_writes_weights_and_history_only(tmp_path, capsys):
     train.main(["--limit", "200", "--epochs", "1", "--hidden", "16", "--no-plots", "--out", str(tmp_path)])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json", "weights.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json", "train_state.npz", "weights.npz"]
     assert capsys.readouterr().out.splitlines()[-2] == f"saved weights and history to {tmp_path}/"
 
 

@@ -1,4 +1,6 @@
 """The MLP: the seed preset against the original program's formulas, save/load, resume, clear errors."""
+import re
+
 import numpy as np
 import pytest
 
@@ -64,18 +66,80 @@ def test_save_load_round_trip_gives_identical_predictions(mnist, tmp_path):
     np.testing.assert_array_equal(loaded.predict(mnist.test_images), model.predict(mnist.test_images))
     np.testing.assert_array_equal(loaded.predict_proba(mnist.test_images[:50]),
                                   model.predict_proba(mnist.test_images[:50]))
-    assert [p.name for p in tmp_path.iterdir()] == ["weights.npz"]  # no temp file left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train_state.npz", "weights.npz"]  # no temp file left
 
 
-def test_resume_continues_exactly_where_training_stopped(mnist, tmp_path):
+class Interrupt(Exception):
+    pass
+
+
+def stop_after(epoch):
+    def on_epoch(record):
+        if record["epoch"] == epoch:
+            raise Interrupt
+    return on_epoch
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_an_interrupted_fit_finishes_bitwise_as_if_never_stopped(mnist, tmp_path, backend):
+    """Momentum, the cosine schedule, the shuffles and a validation split: all continue where they were."""
+    X, y = mnist.train_images[:1000], mnist.train_labels[:1000]
+    params = dict(hidden=(32, 16), epochs=4, lr=0.05, momentum=0.9, weight_decay=1e-3, schedule="cosine",
+                  validation_fraction=0.1, batch_size=64, backend=backend)
+    straight = MLP(**params).fit(X, y)
+    stopped = MLP(**params)
+    with pytest.raises(Interrupt):
+        stopped.fit(X, y, on_epoch=stop_after(2))
+    stopped.save(tmp_path / "weights.npz")
+    resumed = MLP.load(tmp_path / "weights.npz", **{k: v for k, v in params.items() if k != "hidden"})
+    assert resumed.n_iter_ == 2 and resumed.run_state_.done == 2
+    resumed.fit(X, y, warm_start=True)
+    for a, b in zip(straight.coefs_ + straight.intercepts_, resumed.coefs_ + resumed.intercepts_):
+        np.testing.assert_array_equal(a, b)
+    assert [r["loss"] for r in resumed.history_] == [r["loss"] for r in straight.history_]
+    assert [r["val_accuracy"] for r in resumed.history_] == [r["val_accuracy"] for r in straight.history_]
+
+
+def test_a_finished_fit_trains_on_as_a_new_run(mnist):
     X, y = mnist.train_images[:640], mnist.train_labels[:640]
     params = dict(hidden=(16,), lr=0.05, shuffle=False, dtype="float64")
     straight = MLP(epochs=2, **params).fit(X, y)
-    MLP(epochs=1, **params).fit(X, y).save(tmp_path / "w.npz")
-    resumed = MLP.load(tmp_path / "w.npz", epochs=1, **{k: v for k, v in params.items() if k != "hidden"})
-    resumed.fit(X, y, warm_start=True)
+    resumed = MLP(epochs=1, **params).fit(X, y)
+    resumed.fit(X, y, warm_start=True)  # constant rate, no momentum, no shuffle: a new run is the same math
+    assert resumed.n_iter_ == 2 and resumed.run_state_.first_epoch == 2
     for a, b in zip(straight.coefs_ + straight.intercepts_, resumed.coefs_ + resumed.intercepts_):
         np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"lr": 0.1}, "lr=0.05 (now 0.1)"),
+    ({"epochs": 5}, "epochs=3 (now 5)"),
+    ({"rows": 500}, "rows=600 (now 500)"),
+    ({"labels": True}, "data_crc32="),
+])
+def test_an_interrupted_fit_refuses_other_settings_or_data(mnist, tmp_path, change, message):
+    X, y = mnist.train_images[:600], mnist.train_labels[:600].copy()
+    params = dict(hidden=(8,), epochs=3, lr=0.05)
+    model = MLP(**params)
+    with pytest.raises(Interrupt):
+        model.fit(X, y, on_epoch=stop_after(1))
+    model.lr, model.epochs = change.get("lr", model.lr), change.get("epochs", model.epochs)
+    if "rows" in change:
+        X, y = X[:change["rows"]], y[:change["rows"]]
+    if "labels" in change:
+        y[0] = (y[0] + 1) % 10
+    with pytest.raises(FastnnError, match=r"stopped at epoch 1 of 3 and can only be finished with the settings "
+                                          r"and data it started with: it had .*" + re.escape(message)):
+        model.fit(X, y, warm_start=True)
+
+
+def test_a_train_state_that_belongs_to_other_weights_is_refused(mnist, tmp_path):
+    model = MLP(hidden=(8,), epochs=1).fit(mnist.train_images[:300], mnist.train_labels[:300])
+    model.save(tmp_path / "weights.npz")
+    model.coefs_[0][0, 0] += 1  # as if weights.npz had been replaced after the state was written
+    checkpoint.write_weights(tmp_path / "weights.npz", model._params())
+    with pytest.raises(FastnnError, match="train_state.npz belongs to other weights than"):
+        MLP.load(tmp_path / "weights.npz")
 
 
 def test_fit_records_history_and_learns(mnist):
@@ -120,6 +184,8 @@ def test_load_keeps_counting_the_epochs_of_the_history_beside_the_weights(mnist,
     ({"momentum": 1.5}, "The 'momentum' parameter of MLP must be a float in [0, 1)"),
     ({"dtype": "float16"}, "The 'dtype' parameter of MLP must be one of ['float32', 'float64']"),
     ({"batch_size": 0}, "The 'batch_size' parameter of MLP must be an int >= 1"),
+    ({"seed": -1}, "The 'seed' parameter of MLP must be an int >= 0. Got -1 instead."),
+    ({"seed": 1.5}, "The 'seed' parameter of MLP must be an int >= 0. Got 1.5 instead."),
 ])
 def test_parameter_errors_follow_one_template(params, message):
     with pytest.raises(FastnnError) as e:
@@ -134,6 +200,36 @@ def test_bad_data_is_rejected_clearly():
         MLP().fit(np.zeros((2, 3)), np.array([0.5, 1.0]))
     with pytest.raises(FastnnError, match="not fitted"):
         MLP().predict(np.zeros((1, 3)))
+    with pytest.raises(FastnnError, match="holds integers from -1 to 300: integer inputs are read as grey levels"):
+        MLP().fit(np.array([[0, 300], [-1, 5]]), np.array([0, 1]))
+    with pytest.raises(FastnnError, match="must hold numbers .* got dtype bool"):
+        MLP().fit(np.zeros((2, 3), bool), np.array([0, 1]))
+    with pytest.raises(FastnnError, match=r"validation_fraction=0.2 of 4 rows holds out no row: use at least 0.25"):
+        MLP(validation_fraction=0.2).fit(np.zeros((4, 3), np.uint8), np.array([0, 1, 0, 1]))
+
+
+def test_integer_pixels_of_any_type_are_grey_levels(mnist):
+    """int64 values 0..255 train exactly as the same uint8 pixels (scaled by 1/255), not unscaled."""
+    X, y = mnist.train_images[:300], mnist.train_labels[:300]
+    as_bytes = MLP(hidden=(16,), epochs=1).fit(X, y)
+    as_int64 = MLP(hidden=(16,), epochs=1).fit(X.astype(np.int64), y)
+    for a, b in zip(as_bytes.coefs_, as_int64.coefs_):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_n_classes_sets_the_output_layer_whatever_labels_the_sample_holds(mnist):
+    X, y = mnist.train_images[:3], mnist.train_labels[:3]  # labels 5, 0, 4
+    assert MLP(hidden=(8,), epochs=1).fit(X, y).coefs_[-1].shape == (8, 6)  # default: y.max() + 1
+    assert MLP(hidden=(8,), epochs=1).fit(X, y, n_classes=10).coefs_[-1].shape == (8, 10)
+    with pytest.raises(FastnnError, match="the model has 6 outputs but the data has 10 classes"):
+        MLP(hidden=(8,), epochs=1).fit(X, y).fit(X, y, warm_start=True, n_classes=10)
+
+
+def test_weights_beyond_float32s_range_are_refused_not_made_infinite(tmp_path):
+    np.savez(tmp_path / "w.npz", W1=np.full((3, 2), 1e39), b1=np.zeros(2))  # finite in float64
+    with pytest.raises(FastnnError, match="W1 or b1 holds values beyond float32's range: load it with dtype float64"):
+        MLP.load(tmp_path / "w.npz")
+    assert MLP.load(tmp_path / "w.npz", dtype="float64").coefs_[0][0, 0] == 1e39
 
 
 def test_numba_and_numpy_agree_on_test_accuracy_after_two_epochs(mnist):

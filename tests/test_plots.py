@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fastnn import plots
+from fastnn.fileio import FastnnError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DIGITS = [str(k) for k in range(10)]
@@ -77,7 +78,7 @@ def test_confusion_matrix_rows_are_class_sizes():
 
 
 def test_confusion_matrix_rejects_labels_out_of_range():
-    with pytest.raises(ValueError, match="y_pred must hold labels in 0..2"):
+    with pytest.raises(FastnnError, match="y_pred must hold labels in 0..2"):
         plots.confusion_matrix([0, 1], [0, 3], 3)
 
 
