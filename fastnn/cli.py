@@ -20,14 +20,13 @@ def add_common_args(parser):
                         help="folder holding the four IDX files (default: bundled / user cache)")
 
 
-def check_classes(model, data, weights_path):
-    """Refuse a model whose output layer is not one unit per class of the dataset (or whose input is not
-    its pixels): its predictions would be read as the wrong labels."""
+def check_classes(model, weights_path, dataset, n_pixels, n_classes):
+    """Refuse a model whose input is not the dataset's pixels or whose output layer is not one unit per
+    class: its predictions would be read as the wrong labels."""
     n_inputs, n_outputs = model.coefs_[0].shape[0], model.coefs_[-1].shape[1]
-    n_pixels = data.test_images.shape[1]
-    if (n_inputs, n_outputs) != (n_pixels, len(data.classes)):
-        raise FastnnError(f"{weights_path}: the model maps {n_inputs} inputs to {n_outputs} outputs, but {data.name} "
-                          f"has {n_pixels} pixels and {len(data.classes)} classes: pass weights trained on it")
+    if (n_inputs, n_outputs) != (n_pixels, n_classes):
+        raise FastnnError(f"{weights_path}: the model maps {n_inputs} inputs to {n_outputs} outputs, but {dataset} "
+                          f"has {n_pixels} pixels and {n_classes} classes: pass weights trained on it")
 
 
 def friendly_errors(main):

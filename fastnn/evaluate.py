@@ -28,7 +28,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     model = MLP.load(args.weights, backend=args.backend, dtype=args.dtype or "float32")
     data = load_dataset(args.dataset, data_dir=args.data_dir)
-    check_classes(model, data, args.weights)
+    check_classes(model, args.weights, data.name, data.test_images.shape[1], len(data.classes))
     pred = model.predict(data.test_images)
     accuracy = float(np.mean(pred == data.test_labels))
     for k, name in enumerate(data.classes):

@@ -11,7 +11,7 @@ import argparse
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from fastnn.cli import friendly_errors
+from fastnn.cli import check_classes, friendly_errors
 from fastnn.backends import BACKENDS
 from fastnn.fileio import FastnnError
 from fastnn.model import MLP
@@ -63,10 +63,7 @@ def main(argv=None):
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="numpy")
     args = parser.parse_args(argv)
     model = MLP.load(args.weights, backend=args.backend)
-    n_inputs, n_outputs = model.coefs_[0].shape[0], model.coefs_[-1].shape[1]
-    if (n_inputs, n_outputs) != (SIDE * SIDE, DIGITS):
-        raise FastnnError(f"{args.weights}: the model maps {n_inputs} inputs to {n_outputs} outputs, "
-                          f"not a {SIDE}x{SIDE} image to {DIGITS} digits: pass weights trained on MNIST")
+    check_classes(model, args.weights, "MNIST", SIDE * SIDE, DIGITS)
     results = []
     for path in args.images:
         pixels, inverted = read_image(path)

@@ -132,7 +132,7 @@ def main(argv=None):
     if args.resume:  # the epochs, and the run state if the run was interrupted, are saved beside it
         model = MLP.load(args.resume, **params)
         config["hidden"] = model.hidden
-        check_classes(model, data, args.resume)
+        check_classes(model, args.resume, data.name, data.test_images.shape[1], len(data.classes))
     else:
         model = MLP(hidden=config["hidden"], **params)
     model.check_params()  # a bad --seed or --lr is reported before the output folder is made
