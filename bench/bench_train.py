@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bench.workload import backend_op, dense_flops, describe, epoch_plan, mnist_data, preset_settings
-from fastnn.step import Steps, he_init, training_state
+from fastnn.step import ADAM, Steps, he_init, training_state
 from fastnn.training import STEPS_PER_CALL, Trainer
 
 CONFIGS = {  # name -> layer sizes, training settings: the shapes of the side-by-side comparison
@@ -20,23 +20,29 @@ CONFIGS = {  # name -> layer sizes, training settings: the shapes of the side-by
     "784-512-256-10 B=128": ((784, 512, 256, 10), preset_settings("default")),  # the default preset
     "784-1024-1024-10 B=256": ((784, 1024, 1024, 10), preset_settings("default", batch_size=256, weight_decay=0.0)),
 }
+# What a step runs besides the plain update: each is timed beside "sgd" (momentum and weight decay, as
+# the presets) on the same batches; the goal is at most 15% more per step for Adam and for dropout.
+REGIMES = {"sgd": {}, "adam": dict(optimizer=ADAM), "dropout 0.5": dict(dropout=0.5, dropout_seed=1),
+           "max-norm 3": dict(max_norm=3.0)}
 EPOCH_ROUNDS = 3  # epochs of the largest config take ~5 s
 
 
+@pytest.mark.parametrize("regime", REGIMES)
 @pytest.mark.parametrize("config", CONFIGS)
-def test_train_steps(benchmark, ops, mnist, config):
+def test_train_steps(benchmark, ops, mnist, config, regime):
     """One train_steps call of STEPS_PER_CALL steps on fresh real batches (the same ones every round)."""
     sizes, settings = CONFIGS[config]
+    hyper = settings.hyper._replace(**REGIMES[regime])
     fn, B = backend_op(ops, "train_steps"), settings.batch_size
     state = training_state(ops, he_init(sizes, np.float32, seed=42), B)
     data = ops.prepare_data(*mnist_data(*mnist))
     order, lrs = epoch_plan(settings, np.random.default_rng(0), len(mnist[0]))
     steps = Steps(ops.to_device(order[:STEPS_PER_CALL * B].reshape(STEPS_PER_CALL, B)),
-                  ops.to_device(np.asarray(lrs[:STEPS_PER_CALL])))
-    describe(benchmark, "train_steps", f"{config} x{STEPS_PER_CALL}", STEPS_PER_CALL * dense_flops(sizes, B),
-             B=B, H=sizes[1])
-    fn(*state, data, steps, settings.hyper)  # Numba compiles on the first call: outside the timer
-    benchmark(fn, *state, data, steps, settings.hyper)
+                  ops.to_device(np.asarray(lrs[:STEPS_PER_CALL])), ops.to_device(np.arange(1, STEPS_PER_CALL + 1)))
+    describe(benchmark, "train_steps", f"{config} x{STEPS_PER_CALL} {regime}", STEPS_PER_CALL * dense_flops(sizes, B),
+             B=B, H=sizes[1], regime=regime)
+    fn(*state, data, steps, hyper)  # Numba compiles on the first call: outside the timer
+    benchmark(fn, *state, data, steps, hyper)
 
 
 @pytest.mark.parametrize("config", CONFIGS)

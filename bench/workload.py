@@ -20,8 +20,8 @@ SCALE = 1 / 255  # uint8 grey levels -> [0, 1], as MLP.fit hands them to the bac
 def preset_settings(name, **changes):
     """The training settings of a fastnn.train preset (hidden sizes aside), with `changes` applied."""
     p = {**PRESETS[name], **changes}
-    return Settings(p["batch_size"], p["epochs"], p["lr"], p["schedule"], Hyper(p["momentum"], p["weight_decay"]),
-                    shuffle=True)
+    return Settings(p["batch_size"], p["epochs"], p["lr"], p["schedule"],
+                    Hyper(p.get("momentum", 0.0), p.get("weight_decay", 0.0)), shuffle=True)
 
 
 def backend_op(ops, name):

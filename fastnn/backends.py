@@ -21,7 +21,7 @@ BACKENDS = {
 OPS = (
     "gather_batch", "linear_forward", "relu_forward", "linear_relu_forward", "relu_backward",
     "softmax", "softmax_cross_entropy", "linear_backward", "linear_backward_input", "sgd_update",
-    "argmax", "forward", "train_step", "train_steps",
+    "adam_update", "max_norm", "dropout_forward", "argmax", "forward", "train_step", "train_steps",
 )
 # How the model allocates and moves the buffers it owns, hands over the training set once per fit,
 # and learns how much scratch memory the backend's train_steps wants (fastnn/step.py uses them).

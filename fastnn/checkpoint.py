@@ -3,9 +3,10 @@
     weights.npz       W1, b1, W2, b2, ...: W_i (fan_in, fan_out), b_i (fan_out,), the original program's
                       layout, so `relu(X @ W1 + b1) @ W2 + b2` are the logits (X = pixels / 255)
     train_state.npz   beside the weights: what an exact resume needs and the weights do not hold,
-                      V1, vb1, V2, vb2, ... (the momentum buffers) and `meta`, a JSON string: how far
-                      the run got, its settings, the shuffle generator's state, the epoch records and
-                      the SHA-256 of the weights it belongs with
+                      V1, vb1, ... and S1, sb1, ... (the optimizer's state: SGD's momentum buffers or
+                      Adam's two moments), BW1, Bb1, ... (with early stopping: the best weights so far)
+                      and `meta`, a JSON string: how far the run got, its settings, the shuffle
+                      generator's state, the epoch records and the SHA-256 of the weights it belongs with
     history.json      {"config": {...}, "epochs": [one record per epoch]} beside the weights
 
 Every write is atomic (fileio.atomic_write); every read problem is a FastnnError saying what to do. No
@@ -21,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fastnn.fileio import FastnnError, atomic_write, atomic_writes
-from fastnn.step import Layers
+from fastnn.step import Layers, OptimizerState
 
 HISTORY = "history.json"  # the file names beside weights.npz
 STATE = "train_state.npz"
@@ -62,10 +63,12 @@ def write_weights(path, params, state=None):
             np.savez(f, **_pairs(params, "W", "b"))
         return
     meta = state._asdict()
-    velocity = meta.pop("velocity")
+    optimizer, best = meta.pop("optimizer"), meta.pop("best")
+    arrays = {**_pairs(optimizer.velocity, "V", "vb"), **_pairs(optimizer.second, "S", "sb"),
+              **(_pairs(best, "BW", "Bb") if best is not None else {})}
     with atomic_writes([path, Path(path).with_name(STATE)]) as (weights_file, state_file):
         np.savez(weights_file, **_pairs(params, "W", "b"))
-        np.savez(state_file, **_pairs(velocity, "V", "vb"), meta=np.array(json.dumps(meta)))
+        np.savez(state_file, **arrays, meta=np.array(json.dumps(meta)))
 
 
 def weights_digest(params):
@@ -110,11 +113,17 @@ class RunState(NamedTuple):
     first_epoch: int  # the number of the run's first epoch (the epochs before it were earlier runs)
     epochs: int  # the run's planned length: the cosine schedule spans it
     done: int  # epochs of it finished
-    velocity: Layers  # the momentum buffers after epoch `done`, host arrays
+    optimizer: OptimizerState  # the optimizer's state after epoch `done`, host arrays
     rng_state: dict  # the shuffle generator's bit_generator.state after epoch `done`
     settings: dict  # the settings and data fingerprint the run started with: a continuation must match
     history: list  # every epoch record so far, earlier runs' included
     weights_sha256: str  # weights_digest of the parameters after epoch `done`
+    best: Layers = None  # with early stopping: the parameters of the run's best epoch so far
+
+    @property
+    def finished(self):
+        """Whether the run is over: every epoch done, or stopped early (its last record says so)."""
+        return self.done == self.epochs or (self.done > 0 and "early_stopping" in self.history[-1])
 
 
 def read_state(weights_path):
@@ -126,10 +135,14 @@ def read_state(weights_path):
     arrays = _read_npz(path, "train state", remedy)
     try:
         meta = json.loads(str(arrays.pop("meta")))
-        n_layers = len(arrays) // 2
-        velocity = Layers(tuple(arrays[f"V{i}"] for i in range(1, n_layers + 1)),
-                          tuple(arrays[f"vb{i}"] for i in range(1, n_layers + 1)))
-        state = RunState(velocity=velocity, **meta)
+        n_layers = sum(1 for k in arrays if k.startswith("V"))
+
+        def layers(w_name, b_name):
+            return Layers(tuple(arrays[f"{w_name}{i}"] for i in range(1, n_layers + 1)),
+                          tuple(arrays[f"{b_name}{i}"] for i in range(1, n_layers + 1)))
+
+        best = layers("BW", "Bb") if "BW1" in arrays else None
+        state = RunState(optimizer=OptimizerState(layers("V", "vb"), layers("S", "sb")), best=best, **meta)
         check_records(state.history)
         if not (isinstance(state.rng_state, dict) and isinstance(state.settings, dict)
                 and all(isinstance(n, int) for n in (state.first_epoch, state.epochs, state.done))

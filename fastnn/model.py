@@ -15,10 +15,19 @@ import numpy as np
 from fastnn import checkpoint, training
 from fastnn.backends import BACKENDS, get_backend
 from fastnn.fileio import FastnnError
-from fastnn.step import Hyper, Layers, activations, he_init, layer_sizes, to_device
+from fastnn.ops import hash32
+from fastnn.step import OPTIMIZERS, Hyper, Layers, activations, he_init, layer_sizes, to_device
 
 DTYPES = ("float32", "float64")
 EVAL_BATCH = 2000  # rows per inference chunk: bounds memory, big enough to keep the kernels busy
+
+
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_real(value):
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def _param_error(name, allowed, got):
@@ -27,20 +36,31 @@ def _param_error(name, allowed, got):
 
 
 class MLP:
-    """Multilayer perceptron: input -> hidden ReLU layers -> softmax, trained by mini-batch SGD.
+    """Multilayer perceptron: input -> hidden ReLU layers -> softmax, trained by mini-batch SGD or Adam.
 
     Parameters
     ----------
     hidden : tuple of int, sizes of the hidden layers, e.g. (128,) or (512, 256).
     backend : {"numpy", "numba", "cuda"}, which implementation of the ops runs the math.
+    optimizer : {"sgd", "adam", "adamw"}: SGD with momentum; Adam (Kingma & Ba) with weight decay as an
+        L2 term in the gradient; AdamW, Adam with decoupled weight decay (Loshchilov & Hutter).
     lr : float, learning rate (the peak rate when `schedule="cosine"`).
-    momentum, weight_decay : float, SGD momentum and L2 penalty (0 = plain SGD).
+    momentum : float in [0, 1), SGD's momentum (0 = plain SGD; Adam uses beta1 instead).
+    weight_decay : float >= 0, the L2 penalty (SGD, Adam) or the decoupled decay rate (AdamW).
+    beta1, beta2, eps : Adam's decay rates of its two moment estimates, and the term that keeps its
+        division finite.
+    dropout : float in [0, 1), the rate of inverted dropout on every hidden layer's output in training.
+    max_norm : float >= 0, the largest L2 norm of a unit's incoming weights, enforced after every
+        update; 0 = no limit.
     batch_size, epochs : int.
     schedule : {"constant", "cosine"}, learning rate per step: fixed, or cosine decay to 0 over the run.
     validation_fraction : float in [0, 1), share of the training set held out to report `val_accuracy`.
+    early_stopping : int >= 0, stop after this many epochs without a better validation accuracy and
+        keep the best epoch's weights; 0 = train every epoch. Needs validation_fraction > 0.
     shuffle : bool, reshuffle the training set every epoch (False: batches in the order given).
     dtype : {"float32", "float64"}.
-    seed : int >= 0, seeds the He-normal initialisation, the validation split and the per-epoch shuffles.
+    seed : int >= 0, seeds the He-normal initialisation, the validation split, the per-epoch shuffles
+        and the dropout masks.
 
     Attributes (after fit or load)
     ------------------------------
@@ -52,18 +72,26 @@ class MLP:
         interrupted run needs besides the weights; `save` writes it beside them.
     """
 
-    def __init__(self, hidden=(128,), backend="numpy", lr=0.01, momentum=0.0, weight_decay=0.0,
-                 batch_size=64, epochs=10, schedule="constant", validation_fraction=0.0,
-                 shuffle=True, dtype="float32", seed=42):
+    def __init__(self, hidden=(128,), backend="numpy", optimizer="sgd", lr=0.01, momentum=0.0, weight_decay=0.0,
+                 beta1=0.9, beta2=0.999, eps=1e-8, dropout=0.0, max_norm=0.0, batch_size=64, epochs=10,
+                 schedule="constant", validation_fraction=0.0, early_stopping=0, shuffle=True, dtype="float32",
+                 seed=42):
         self.hidden = hidden
         self.backend = backend
+        self.optimizer = optimizer
         self.lr = lr
         self.momentum = momentum
         self.weight_decay = weight_decay
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.eps = eps
+        self.dropout = dropout
+        self.max_norm = max_norm
         self.batch_size = batch_size
         self.epochs = epochs
         self.schedule = schedule
         self.validation_fraction = validation_fraction
+        self.early_stopping = early_stopping
         self.shuffle = shuffle
         self.dtype = dtype
         self.seed = seed
@@ -96,19 +124,31 @@ class MLP:
             raise _param_error("dtype", f"one of {list(DTYPES)}", self.dtype)
         if self.schedule not in training.SCHEDULES:
             raise _param_error("schedule", f"one of {list(training.SCHEDULES)}", self.schedule)
+        if self.optimizer not in OPTIMIZERS:
+            raise _param_error("optimizer", f"one of {list(OPTIMIZERS)}", self.optimizer)
         for name in ("batch_size", "epochs"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise _param_error(name, "an int >= 1", value)
-        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < math.inf):
-            raise _param_error("lr", "a float > 0", self.lr)
-        for name in ("momentum", "validation_fraction"):
+        if not _is_int(self.early_stopping) or self.early_stopping < 0:
+            raise _param_error("early_stopping", "an int >= 0 (epochs without improvement; 0 = off)",
+                               self.early_stopping)
+        for name in ("lr", "eps"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0 <= value < 1):
+            if not (_is_real(value) and 0 < value < math.inf):
+                raise _param_error(name, "a float > 0", value)
+        for name in ("momentum", "beta1", "beta2", "dropout", "validation_fraction"):
+            value = getattr(self, name)
+            if not (_is_real(value) and 0 <= value < 1):
                 raise _param_error(name, "a float in [0, 1)", value)
-        if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < math.inf):
-            raise _param_error("weight_decay", "a float >= 0", self.weight_decay)
-        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or self.seed < 0:
+        for name in ("weight_decay", "max_norm"):
+            value = getattr(self, name)
+            if not (_is_real(value) and 0 <= value < math.inf):
+                raise _param_error(name, "a float >= 0", value)
+        if self.early_stopping and not self.validation_fraction:
+            raise FastnnError("early_stopping watches the validation accuracy: set validation_fraction "
+                              "(say 0.1; --validation 0.1 on the command line) or early_stopping=0")
+        if not _is_int(self.seed) or self.seed < 0:
             raise _param_error("seed", "an int >= 0", self.seed)  # NumPy's generators take no negative seed
 
     def _check_X(self, X, name="X"):
@@ -160,14 +200,17 @@ class MLP:
         for a new model (default: y.max() + 1; a dataset's class count when y is a sample of it).
         warm_start: continue from the current weights and history (after `load` or an earlier fit)
         instead of initialising new ones. If the last run stopped before its last epoch (`run_state_`
-        says how far it got), this finishes it bitwise as if it had never stopped: momentum, schedule
-        and shuffles where they were; it then needs the same settings and data. Otherwise it trains
+        says how far it got), this finishes it bitwise as if it had never stopped: optimizer state,
+        schedule, shuffles and dropout masks where they were; it then needs the same settings and data. Otherwise it trains
         `self.epochs` more epochs as a new run. progress: show a progress bar per epoch.
         on_epoch(record): called after each epoch with its history record, coefs_, history_ and
         run_state_ already updated; it may add entries (say, "test_accuracy") to the record.
         A record: epoch, loss (mean over the epoch's batches), train_accuracy (of those batches, each
-        before its update), val_accuracy (None without a validation split), seconds (training only:
-        shuffle, steps, copying the weights back), lr (of the epoch's last step).
+        before its update), val_loss and val_accuracy (mean cross-entropy and accuracy on the validation
+        split, None without one), seconds (training only:
+        shuffle, steps, copying the weights back), lr (of the epoch's last step); with early stopping,
+        the run's last record also has early_stopping: {stopped, best_epoch, best_val_accuracy, reason},
+        and the model then holds the best epoch's weights.
         """
         self.check_params()
         ops = get_backend(self.backend)
@@ -190,40 +233,71 @@ class MLP:
 
         settings = self._run_settings(X, y)
         state = self.run_state_ if warm_start else None
-        if state is not None and state.done < state.epochs:  # an interrupted run: finish it
+        if state is not None and not state.finished:  # an interrupted run: finish it
             self._check_continuation(state, settings)
-            first_epoch, done, velocity = state.first_epoch, state.done, state.velocity
+            first_epoch, done, optimizer, best = state.first_epoch, state.done, state.optimizer, state.best
         else:
-            first_epoch, done, velocity = self.n_iter_ + 1, 0, None
+            first_epoch, done, optimizer, best = self.n_iter_ + 1, 0, None, None
         # one generator per run, seeded by where the run starts: the validation split, then the shuffles
         rng = np.random.default_rng([self.seed, first_epoch - 1])
         order = rng.permutation(len(X)) if n_val else np.arange(len(X))
         train_rows, val_rows = order[n_val:], order[:n_val]
         if done:
             rng.bit_generator.state = state.rng_state  # where the shuffles were after epoch `done`
-        loop = training.Settings(self.batch_size, self.epochs, self.lr, self.schedule,
-                                 Hyper(self.momentum, self.weight_decay), self.shuffle)
+        # the dropout masks' seed: another run of the same model (a warm start) draws other masks
+        dropout_seed = int(hash32(hash32(self.seed & 0xFFFFFFFF) ^ first_epoch))
+        hyper = Hyper(self.momentum, self.weight_decay, OPTIMIZERS[self.optimizer], self.beta1, self.beta2, self.eps,
+                      self.dropout, dropout_seed, self.max_norm)
+        loop = training.Settings(self.batch_size, self.epochs, self.lr, self.schedule, hyper, self.shuffle)
         data = ops.prepare_data(X, y, scale)
         for epoch in training.fit(ops, self._params(), data, train_rows, loop, rng, first_epoch, progress,
-                                  velocity, done):
-            self.coefs_, self.intercepts_ = list(epoch.params.weights), list(epoch.params.biases)
+                                  optimizer, done):
+            params = epoch.params
+            self.coefs_, self.intercepts_ = list(params.weights), list(params.biases)
+            val_loss, val_accuracy = self._loss_and_accuracy(X[val_rows], y[val_rows]) if n_val else (None, None)
             record = {"epoch": epoch.number, "loss": epoch.loss, "train_accuracy": epoch.n_correct / len(train_rows),
-                      "val_accuracy": self.score(X[val_rows], y[val_rows]) if n_val else None,
-                      "seconds": epoch.seconds, "lr": epoch.lr}
+                      "val_loss": val_loss, "val_accuracy": val_accuracy, "seconds": epoch.seconds, "lr": epoch.lr}
             self.history_.append(record)
+            if self.early_stopping:
+                best_record = self._best_record(first_epoch)
+                best = params if best_record is record else best
+                stop = epoch.number - best_record["epoch"] >= self.early_stopping
+                if stop or epoch.number == first_epoch - 1 + self.epochs:  # the run ends: keep the best weights
+                    record["early_stopping"] = self._early_stop_note(best_record, stop, first_epoch)
+                    params, best = best, None
+                    self.coefs_, self.intercepts_ = list(params.weights), list(params.biases)
             self.run_state_ = checkpoint.RunState(
-                first_epoch, self.epochs, epoch.number - first_epoch + 1, epoch.velocity,
-                rng.bit_generator.state, settings, list(self.history_), checkpoint.weights_digest(epoch.params))
+                first_epoch, self.epochs, epoch.number - first_epoch + 1, epoch.optimizer, rng.bit_generator.state,
+                settings, list(self.history_), checkpoint.weights_digest(params), best)
             if on_epoch is not None:
                 on_epoch(record)
+            if self.run_state_.finished:
+                break
         return self
+
+    def _best_record(self, first_epoch):
+        """The record of this run's epoch with the highest validation accuracy (the first, on ties)."""
+        return max(self.history_[first_epoch - 1:], key=lambda record: record["val_accuracy"])
+
+    def _early_stop_note(self, best_record, stopped, first_epoch):
+        """What early stopping did, for the run's last record."""
+        best, val = best_record["epoch"], best_record["val_accuracy"]
+        last = self.history_[-1]["epoch"]
+        reason = (f"no validation accuracy above {val:.2%} (epoch {best}) for {self.early_stopping} epochs: "
+                  f"stopped after epoch {last} of {first_epoch - 1 + self.epochs}" if stopped
+                  else f"ran every epoch; the best validation accuracy was {val:.2%}, at epoch {best}")
+        return {"stopped": stopped, "best_epoch": best, "best_val_accuracy": val,
+                "reason": f"{reason}; kept the weights of epoch {best}"}
 
     def _run_settings(self, X, y):
         """What a run's trajectory depends on besides the weights: checked before finishing a run."""
-        return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
-                "batch_size": self.batch_size, "epochs": self.epochs, "schedule": self.schedule,
-                "validation_fraction": self.validation_fraction, "shuffle": self.shuffle, "seed": self.seed,
-                "dtype": self.dtype, "rows": len(X),
+        names = ("optimizer", "lr", "momentum", "weight_decay", "beta1", "beta2", "eps", "dropout", "max_norm",
+                 "batch_size", "epochs", "schedule", "validation_fraction", "early_stopping", "shuffle", "seed",
+                 "dtype")
+        # plain Python numbers (a GridSearchCV may set NumPy ones): the settings are stored as JSON
+        settings = {name: getattr(self, name) for name in names}
+        settings = {k: v.item() if isinstance(v, np.generic) else v for k, v in settings.items()}
+        return {**settings, "rows": len(X),
                 # a fingerprint of the data (~30 ms for MNIST): another --limit or dataset is another run
                 "data_crc32": zlib.crc32(y, zlib.crc32(X))}
 
@@ -273,6 +347,14 @@ class MLP:
             ops.argmax(out, logits)
             labels.append(ops.to_host(out))
         return np.concatenate(labels)
+
+    def _loss_and_accuracy(self, X, y):
+        """Mean cross-entropy and accuracy of the model on X, y (y int labels 0..K-1)."""
+        probs = MLP.predict_proba(self, X)  # (N, K); MLP's own: a subclass's (fastnn.estimator) checks X again
+        picked = probs[np.arange(len(y)), y].astype(np.float64)  # (N,)
+        # a probability that rounded to 0 counts as the smallest positive float, not as an infinite loss
+        loss = -np.mean(np.log(np.maximum(picked, np.finfo(probs.dtype).tiny)))
+        return float(loss), float(np.mean(probs.argmax(axis=1) == y))
 
     def score(self, X, y):
         """Accuracy (fraction correct) of predict(X) against y."""

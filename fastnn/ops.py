@@ -12,7 +12,7 @@ named bundles of fastnn/step.py.
 """
 import numpy as np
 
-from fastnn.step import Data
+from fastnn.step import ADAM, ADAMW, SGD, Data
 
 # Memory: where the model's arrays live. Host memory here; the CUDA backend moves them to the GPU.
 empty = np.empty  # empty(shape, dtype) -> a new uninitialised array
@@ -128,6 +128,90 @@ def sgd_update(param, grad, velocity, lr, momentum, weight_decay):
     param -= lr * velocity
 
 
+def adam_update(param, grad, moment1, moment2, lr, step, beta1, beta2, eps, weight_decay, decoupled):
+    """One Adam step (Kingma & Ba 2015, Algorithm 1), in place; step is t = 1, 2, ... of the run.
+
+    decoupled False (Adam): g = grad + weight_decay * param, the L2 penalty in the gradient.
+    decoupled True (AdamW, Loshchilov & Hutter): param *= 1 - lr * weight_decay, and g = grad.
+    m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g^2
+    param -= lr * m_hat / (sqrt(v_hat) + eps), m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t):
+    the bias corrections undo the moments' start at zero.
+    """
+    dtype = param.dtype.type  # every scalar in the arrays' dtype: float32 math stays float32
+    g = grad + dtype(weight_decay) * param if weight_decay and not decoupled else grad
+    if weight_decay and decoupled:
+        param *= dtype(1 - lr * weight_decay)
+    moment1 *= dtype(beta1)
+    moment1 += dtype(1 - beta1) * g
+    moment2 *= dtype(beta2)
+    moment2 += dtype(1 - beta2) * g * g
+    m_hat = moment1 / dtype(1 - beta1 ** step)
+    v_hat = moment2 / dtype(1 - beta2 ** step)
+    param -= dtype(lr) * m_hat / (np.sqrt(v_hat) + dtype(eps))
+
+
+def update(param, grad, velocity, second, lr, step, hyper):
+    """The update hyper.optimizer names, of one parameter array (velocity and second: its OptimizerState)."""
+    if hyper.optimizer == SGD:
+        sgd_update(param, grad, velocity, lr, hyper.momentum, hyper.weight_decay)
+    else:
+        adam_update(param, grad, velocity, second, lr, step, hyper.beta1, hyper.beta2, hyper.eps,
+                    hyper.weight_decay, hyper.optimizer == ADAMW)
+
+
+def max_norm(weight, limit):
+    """Scale each column of weight (C, OC), the incoming weights of one unit, down to L2 norm <= limit,
+    in place (Srivastava et al. 2014); columns within the limit stay as they are."""
+    norms = np.sqrt(np.sum(weight * weight, axis=0))  # (OC,)
+    over = norms > limit
+    weight[:, over] *= (weight.dtype.type(limit) / norms[over])  # (C, n_over)
+
+
+# ---- dropout --------------------------------------------------------------------------------------
+# The masks come from a counter-based generator: the mask bit of unit j of row b is a hash of
+# (seed, step, layer, b, j), so any backend, any thread, in any order, draws the same bit for it,
+# and nothing is carried from step to step. The hash is Chris Wellons' "lowbias32", a 32-bit
+# integer finaliser with full avalanche; it is computed on uint64 values below 2^32, whose products
+# stay below 2^64 (exact in every backend), then cut back to 32 bits.
+MASK32 = np.uint64(0xFFFFFFFF)
+
+
+def hash32(x):
+    """lowbias32 of uint64 values (scalars or arrays) below 2^32; returns uint64 below 2^32."""
+    x = np.uint64(x) if np.isscalar(x) else x.astype(np.uint64)
+    x = x ^ (x >> np.uint64(16))
+    x = (x * np.uint64(0x7FEB352D)) & MASK32
+    x = x ^ (x >> np.uint64(15))
+    x = (x * np.uint64(0x846CA68B)) & MASK32
+    return x ^ (x >> np.uint64(16))
+
+
+def dropout_threshold(rate):
+    """A unit is kept when the top 24 bits of its hash are >= this: kept with probability 1 - rate
+    (to 2^-24)."""
+    return int(round(rate * (1 << 24)))
+
+
+def dropout_keep(rows, units, seed, step, layer, rate):
+    """keep (rows, units) bool: which outputs of hidden layer `layer` (0-based) inverted dropout keeps
+    at step `step` of a run seeded `seed`: hash32(row_key(b) ^ j) >> 8 >= dropout_threshold(rate),
+    row_key(b) = hash32(hash32(hash32(hash32(seed) ^ step) ^ layer) ^ b). Seed and step count
+    modulo 2^32 (a run of 4e9 steps would see its masks again)."""
+    seed_key = hash32(np.uint64(seed) & MASK32)
+    step_key = hash32(hash32(seed_key ^ (np.uint64(step) & MASK32)) ^ np.uint64(layer))
+    row_keys = hash32(step_key ^ np.arange(rows, dtype=np.uint64))  # (rows,)
+    bits = hash32(row_keys[:, None] ^ np.arange(units, dtype=np.uint64))  # (rows, units)
+    return (bits >> np.uint64(8)) >= np.uint64(dropout_threshold(rate))
+
+
+def dropout_forward(out, inp, seed, step, layer, rate):
+    """Inverted dropout: out (B, H) = inp (B, H) * keep / (1 - rate), keep = dropout_keep(...); out may
+    be inp. Dividing by the keep probability in training leaves inference with nothing to do."""
+    keep = dropout_keep(*inp.shape, seed, step, layer, rate)  # (B, H)
+    scale = inp.dtype.type(1 / (1 - rate))
+    np.multiply(inp, keep * scale, out=out)  # (B, H); a dropped unit becomes 0 (0 * x, x finite)
+
+
 def argmax(out, logits):
     """out (B,) = index of the largest logit in each row of logits (B, K); ties take the first."""
     np.argmax(logits, axis=1, out=out)
@@ -145,8 +229,9 @@ def forward(acts, params):
     linear_forward(acts[L], acts[L - 1], weights[L - 1], biases[L - 1])
 
 
-def train_step(params, grads, optimizer, buffers, data, indices, lr, hyper):
-    """One mini-batch of SGD on rows `indices` (B,): gather, forward, loss, backward, update.
+def train_step(params, grads, optimizer, buffers, data, indices, lr, number, hyper):
+    """One mini-batch on rows `indices` (B,), step `number` (1, 2, ...) of the run: gather, forward
+    (with dropout if hyper.dropout), loss, backward, update (hyper.optimizer), max-norm (if hyper.max_norm).
 
     Returns (mean loss, number of rows whose largest logit is the target), both measured before the
     update. The bundles are fastnn/step.py's; buffers are views sized to this batch.
@@ -155,22 +240,32 @@ def train_step(params, grads, optimizer, buffers, data, indices, lr, hyper):
     acts, douts, targets = buffers.acts, buffers.douts, buffers.targets
     L = len(weights)
     gather_batch(acts[0], targets, data, indices)  # (B, C_0), (B,)
-    forward(acts, params)  # acts[L] = logits (B, K)
+    for l in range(L - 1):
+        linear_relu_forward(acts[l + 1], acts[l], weights[l], biases[l])  # (B, C_l+1)
+        if hyper.dropout:
+            dropout_forward(acts[l + 1], acts[l + 1], hyper.dropout_seed, number, l, hyper.dropout)
+    linear_forward(acts[L], acts[L - 1], weights[L - 1], biases[L - 1])  # logits (B, K)
     n_correct = int(np.sum(acts[L].argmax(axis=1) == targets))
     loss = softmax_cross_entropy(douts[L - 1], acts[L], targets)  # (B, K)
     for l in range(L - 1, -1, -1):
         linear_backward(grads.weights[l], grads.biases[l], douts[l], acts[l])  # (C_l, C_l+1), (C_l+1,)
         if l > 0:
+            # acts[l] is 0 where the ReLU was off or dropout dropped the unit: the mask of both
             linear_backward_input(douts[l - 1], douts[l], weights[l], acts[l])  # (B, C_l)
-    velocity = optimizer.velocity
+            if hyper.dropout:  # a kept unit's output was scaled by 1 / (1 - rate): so is its gradient
+                np.multiply(douts[l - 1], douts[l - 1].dtype.type(1 / (1 - hyper.dropout)), out=douts[l - 1])
     for l in range(L):
-        sgd_update(weights[l], grads.weights[l], velocity.weights[l], lr, hyper.momentum, hyper.weight_decay)
-        sgd_update(biases[l], grads.biases[l], velocity.biases[l], lr, hyper.momentum, hyper.weight_decay)
+        update(weights[l], grads.weights[l], optimizer.velocity.weights[l], optimizer.second.weights[l], lr,
+               number, hyper)
+        update(biases[l], grads.biases[l], optimizer.velocity.biases[l], optimizer.second.biases[l], lr, number, hyper)
+        if hyper.max_norm:
+            max_norm(weights[l], hyper.max_norm)
     return loss, n_correct
 
 
 def train_steps(params, grads, optimizer, buffers, data, steps, hyper):
-    """S mini-batches of SGD in one call: step s is train_step on rows steps.indices[s] with rate steps.lrs[s].
+    """S mini-batches in one call: step s is train_step on rows steps.indices[s] with rate steps.lrs[s],
+    step number steps.numbers[s].
 
     Returns (losses (S,) float64, n_correct (S,) int64). Every backend trains through this function;
     one call runs many steps so that a compiled backend pays its call overhead once, not per step.
@@ -179,6 +274,7 @@ def train_steps(params, grads, optimizer, buffers, data, steps, hyper):
     losses, n_correct = np.empty(S), np.empty(S, np.int64)
     for s in range(S):
         # a Python float: a NumPy float64 scalar would make `lr * velocity` a float64 product (NEP 50)
-        lr = float(steps.lrs[s])
-        losses[s], n_correct[s] = train_step(params, grads, optimizer, buffers, data, steps.indices[s], lr, hyper)
+        lr, number = float(steps.lrs[s]), int(steps.numbers[s])
+        losses[s], n_correct[s] = train_step(params, grads, optimizer, buffers, data, steps.indices[s], lr, number,
+                                             hyper)
     return losses, n_correct

@@ -36,8 +36,8 @@ def plot_loss_accuracy(path, history):
         Where to write the PNG.
     history : list of dict
         One dict per epoch, as in `MLP.history_`: keys ``epoch``, ``loss``, ``train_accuracy`` and
-        optionally ``val_accuracy`` and ``test_accuracy`` (fractions in 0..1, or None when that set
-        was not scored).
+        optionally ``val_loss``, ``val_accuracy`` and ``test_accuracy`` (accuracies are fractions in
+        0..1; None when that set was not scored), and ``early_stopping`` (its ``best_epoch`` is marked).
 
     Returns
     -------
@@ -48,8 +48,13 @@ def plot_loss_accuracy(path, history):
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
 
-    loss_ax.plot([r["epoch"] for r in history], [r["loss"] for r in history], marker="o")
-    loss_ax.set(title="training loss", xlabel="epoch", ylabel="mean cross-entropy")
+    loss_ax.plot([r["epoch"] for r in history], [r["loss"] for r in history], marker="o", label="train")
+    validated = [r for r in history if r.get("val_loss") is not None]
+    if validated:
+        loss_ax.plot([r["epoch"] for r in validated], [r["val_loss"] for r in validated], marker="o",
+                     label="validation")
+        loss_ax.legend()
+    loss_ax.set(title="loss", xlabel="epoch", ylabel="mean cross-entropy")
 
     for key, label in ACCURACIES:
         scored = [r for r in history if r.get(key) is not None]
@@ -59,7 +64,13 @@ def plot_loss_accuracy(path, history):
     acc_ax.legend()
 
     first, last = history[0]["epoch"], history[-1]["epoch"]
+    stops = [r["early_stopping"] for r in history if "early_stopping" in r]
     for ax in (loss_ax, acc_ax):
+        for stop in stops:  # where early stopping took the weights from
+            ax.axvline(stop["best_epoch"], color="grey", linestyle="--", linewidth=1)
+            ax.annotate(f"weights kept: epoch {stop['best_epoch']}", (stop["best_epoch"], 1),
+                        xycoords=("data", "axes fraction"), xytext=(-3, -3), textcoords="offset points",
+                        ha="right", va="top", fontsize=8, color="grey")
         ax.set_xlim(first - 0.5, last + 0.5)  # half an epoch of margin: a single epoch gets one tick, not 0.95..1.05
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)

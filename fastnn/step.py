@@ -3,11 +3,11 @@ place that makes them.
 
     params    Layers(weights, biases)      weights[l] (C_l, C_l+1), biases[l] (C_l+1,): what is learned
     grads     Layers(weights, biases)      the same shapes: the last step's gradients
-    optimizer OptimizerState(velocity)     SGD's momentum buffers, a Layers of the same shapes
+    optimizer OptimizerState(velocity, second)  the optimizer's running averages, Layers of the same shapes
     buffers   StepBuffers(acts, douts, targets, scratch)   per-batch working memory
     data      Data(images, labels, scale)  the training set, in the backend's own representation
-    steps     Steps(indices, lrs)          which rows and which learning rate, step by step
-    hyper     Hyper(momentum, weight_decay) the optimizer's constant settings
+    steps     Steps(indices, lrs, numbers) which rows, which learning rate and which step of the run
+    hyper     Hyper(optimizer, momentum, ...) the settings that stay the same for every step
 
 L layers; sizes = (C_0, C_1, ..., C_L): C_0 input features (784 pixels), C_L = K classes. A bundle is
 a NamedTuple of arrays (and tuples of arrays), so it passes unchanged into an `@njit` function.
@@ -27,8 +27,9 @@ class Layers(NamedTuple):
 
 
 class OptimizerState(NamedTuple):
-    """What SGD carries from step to step."""
-    velocity: Layers  # momentum buffers; with momentum 0 they just hold the last step's update direction
+    """What the optimizer carries from step to step (both always allocated: one layout for every optimizer)."""
+    velocity: Layers  # SGD's momentum buffers (with momentum 0: the last step's direction), or Adam's m
+    second: Layers  # Adam's v, the running mean of squared gradients; untouched by SGD
 
 
 class StepBuffers(NamedTuple):
@@ -48,15 +49,37 @@ class Data(NamedTuple):
 
 
 class Steps(NamedTuple):
-    """S consecutive mini-batches: step s trains on rows indices[s] of the data with learning rate lrs[s]."""
+    """S consecutive mini-batches: step s trains on rows indices[s] of the data with learning rate lrs[s];
+    it is step numbers[s] of the run (1, 2, ...): Adam's bias correction and the dropout masks use it."""
     indices: np.ndarray  # (S, B) int64
     lrs: np.ndarray  # (S,) float64
+    numbers: np.ndarray  # (S,) int64
+
+
+# Hyper.optimizer: numbers, not names, so that numba compiles one train_steps for all of them
+SGD, ADAM, ADAMW = 0, 1, 2
+OPTIMIZERS = {"sgd": SGD, "adam": ADAM, "adamw": ADAMW}
 
 
 class Hyper(NamedTuple):
-    """SGD's settings that stay the same for every step (the learning rate comes with Steps)."""
-    momentum: float
-    weight_decay: float  # L2 penalty, added to the gradient (PyTorch's SGD formulation)
+    """The settings that stay the same for every step (the learning rate comes with Steps).
+
+    optimizer SGD: g = grad + weight_decay * param; velocity = momentum * velocity + g; param -= lr * velocity
+    (PyTorch's SGD). ADAM: Kingma & Ba's Adam on g, with beta1, beta2, eps (PyTorch's Adam). ADAMW: Adam
+    on the bare gradient and param *= 1 - lr * weight_decay first: decoupled weight decay (Loshchilov &
+    Hutter; PyTorch's AdamW). dropout: the rate of inverted dropout on every hidden layer's output, masks
+    drawn from (dropout_seed, step number, layer, row, unit) (ops.dropout_keep). max_norm: after each
+    update, scale every unit's incoming weights (a column of a weight) down to at most this L2 norm; 0: off.
+    """
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    optimizer: int = SGD
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    dropout: float = 0.0
+    dropout_seed: int = 0
+    max_norm: float = 0.0
 
 
 class TrainingState(NamedTuple):
@@ -114,15 +137,25 @@ def to_host(ops, layers):
                   tuple(np.array(ops.to_host(b)) for b in layers.biases))
 
 
-def training_state(ops, params, batch_size, velocity=None):
-    """TrainingState for host parameters `params` and momentum buffers `velocity` (Layers; velocity None:
-    zeros), copied to the backend with empty gradients and step buffers for batches of batch_size rows."""
+def zeros_like(layers):
+    """A Layers of host zeros shaped as `layers`."""
+    return Layers(tuple(np.zeros_like(w) for w in layers.weights), tuple(np.zeros_like(b) for b in layers.biases))
+
+
+def new_optimizer_state(params):
+    """The OptimizerState a run starts from: zeros, host arrays."""
+    return OptimizerState(zeros_like(params), zeros_like(params))
+
+
+def training_state(ops, params, batch_size, optimizer=None):
+    """TrainingState for host parameters `params` and optimizer state `optimizer` (an OptimizerState of
+    host arrays; None: zeros), copied to the backend with empty gradients and step buffers for batches
+    of batch_size rows."""
     dtype = params.weights[0].dtype
     sizes = layer_sizes(params.weights)
-    if velocity is None:
-        velocity = Layers(tuple(np.zeros_like(w) for w in params.weights),
-                          tuple(np.zeros_like(b) for b in params.biases))
+    optimizer = new_optimizer_state(params) if optimizer is None else optimizer
     grads = Layers(tuple(ops.empty(w.shape, dtype) for w in params.weights),
                    tuple(ops.empty(b.shape, dtype) for b in params.biases))
-    return TrainingState(params=to_device(ops, params), grads=grads, optimizer=OptimizerState(to_device(ops, velocity)),
+    return TrainingState(params=to_device(ops, params), grads=grads,
+                         optimizer=OptimizerState(*(to_device(ops, layers) for layers in optimizer)),
                          buffers=step_buffers(ops, sizes, batch_size, dtype))

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fastnn.fileio import FastnnError
-from fastnn.step import Hyper, Layers, Steps, first_rows, to_host, training_state
+from fastnn.step import Hyper, Layers, OptimizerState, Steps, first_rows, to_host, training_state
 
 # A mean cross-entropy this large means the right class gets probability e^-1000: no sane run gets
 # there (an untrained network sits at ln(10) = 2.3), so it is divergence, not a bad batch.
@@ -33,7 +33,7 @@ class Settings(NamedTuple):
     epochs: int
     lr: float  # the peak rate under the cosine schedule
     schedule: str  # one of SCHEDULES
-    hyper: Hyper  # momentum and weight decay
+    hyper: Hyper  # the optimizer's constants, dropout, max-norm
     shuffle: bool  # reshuffle the rows every epoch (False: batches in the order given)
 
 
@@ -45,7 +45,7 @@ class Epoch(NamedTuple):
     lr: float  # the learning rate of the epoch's last step
     seconds: float  # training time: shuffle, steps, copying the parameters back
     params: Layers  # the parameters after the epoch, host copies
-    velocity: Layers  # the momentum buffers after the epoch, host copies: what an exact resume needs
+    optimizer: OptimizerState  # the optimizer's state after the epoch, host copies: what an exact resume needs
 
 
 def learning_rate(settings, t, total_steps):
@@ -58,22 +58,23 @@ def learning_rate(settings, t, total_steps):
 class Trainer:
     """One fit's state where the backend computes, and an epoch of train_steps calls on it."""
 
-    def __init__(self, ops, params, batch_size, hyper, velocity=None):
-        """params, velocity: host Layers (velocity None: zeros), copied to the backend; batches of up to
-        batch_size rows."""
+    def __init__(self, ops, params, batch_size, hyper, optimizer=None):
+        """params: host Layers, optimizer: a host OptimizerState (None: zeros), copied to the backend;
+        batches of up to batch_size rows."""
         self.ops, self.batch_size, self.hyper = ops, batch_size, hyper
-        self.state = training_state(ops, params, batch_size, velocity)
+        self.state = training_state(ops, params, batch_size, optimizer)
 
     def params(self):
         """The current parameters as host copies."""
         return to_host(self.ops, self.state.params)
 
-    def velocity(self):
-        """The current momentum buffers as host copies."""
-        return to_host(self.ops, self.state.optimizer.velocity)
+    def optimizer(self):
+        """The current optimizer state as host copies."""
+        return OptimizerState(*(to_host(self.ops, layers) for layers in self.state.optimizer))
 
-    def run_epoch(self, data, order, lrs, epoch=1, progress=False):
-        """Train on rows `order` (N,) of data, batch after batch, step t at rate lrs[t].
+    def run_epoch(self, data, order, lrs, first_number=1, epoch=1, progress=False):
+        """Train on rows `order` (N,) of data, batch after batch, step t at rate lrs[t] as step
+        first_number + t of the run.
 
         Returns (mean batch loss, number correct). Raises FastnnError at the first call whose losses
         show divergence, naming the epoch and step.
@@ -87,10 +88,12 @@ class Trainer:
             calls.append((n_full, order[n_full * B:].reshape(1, rest),
                           self.state._replace(buffers=first_rows(self.state.buffers, rest))))
         lrs = np.asarray(lrs, np.float64)
+        numbers = np.arange(first_number, first_number + len(lrs), dtype=np.int64)
         losses, n_correct = [], 0
         bar = tqdm(total=len(lrs), desc=f"epoch {epoch}", leave=False, unit="batch", disable=not progress)
         for first, rows, state in calls:
-            steps = Steps(ops.to_device(rows), ops.to_device(lrs[first:first + len(rows)]))
+            steps = Steps(ops.to_device(rows), ops.to_device(lrs[first:first + len(rows)]),
+                          ops.to_device(numbers[first:first + len(rows)]))
             call_losses, call_correct = ops.train_steps(*state, data, steps, self.hyper)
             call_losses = np.asarray(call_losses, np.float64)  # reading a GPU's values waits for it
             diverged = np.flatnonzero(~(call_losses < DIVERGED_LOSS))  # also catches NaN
@@ -105,24 +108,25 @@ class Trainer:
         return sum(losses) / len(losses), n_correct
 
 
-def fit(ops, params, data, rows, settings, rng, first_epoch=1, progress=False, velocity=None, epochs_done=0):
+def fit(ops, params, data, rows, settings, rng, first_epoch=1, progress=False, optimizer=None, epochs_done=0):
     """Train host params (a Layers) on rows `rows` of data: epochs epochs_done .. settings.epochs - 1
-    of a run of settings.epochs epochs (the schedule spans the whole run).
+    of a run of settings.epochs epochs (the schedule and the step numbers span the whole run).
 
     data: the backend's (ops.prepare_data); rng: the generator of the shuffles, in the state it had
-    after epoch epochs_done; velocity: the momentum buffers then (None: zeros, a new run);
+    after epoch epochs_done; optimizer: the OptimizerState then (None: zeros, a new run);
     first_epoch: the number of the run's first epoch. Yields one Epoch after each epoch, its
-    parameters and velocities copied back to the host. A run stopped after any epoch and continued
-    from that epoch's params, velocity and rng state trains bitwise as the uninterrupted run.
+    parameters and optimizer state copied back to the host. A run stopped after any epoch and
+    continued from that epoch's params, optimizer state and rng state trains bitwise as the
+    uninterrupted run.
     """
     batch_size = min(settings.batch_size, len(rows))
-    trainer = Trainer(ops, params, batch_size, settings.hyper, velocity)
+    trainer = Trainer(ops, params, batch_size, settings.hyper, optimizer)
     steps_per_epoch = -(-len(rows) // batch_size)
     total_steps = steps_per_epoch * settings.epochs
     for e in range(epochs_done, settings.epochs):
         start = time.perf_counter()
         order = rng.permutation(rows) if settings.shuffle else rows
         lrs = [learning_rate(settings, e * steps_per_epoch + t, total_steps) for t in range(steps_per_epoch)]
-        loss, n_correct = trainer.run_epoch(data, order, lrs, first_epoch + e, progress)
-        params, velocity = trainer.params(), trainer.velocity()
-        yield Epoch(first_epoch + e, loss, n_correct, lrs[-1], time.perf_counter() - start, params, velocity)
+        loss, n_correct = trainer.run_epoch(data, order, lrs, e * steps_per_epoch + 1, first_epoch + e, progress)
+        params, optimizer = trainer.params(), trainer.optimizer()
+        yield Epoch(first_epoch + e, loss, n_correct, lrs[-1], time.perf_counter() - start, params, optimizer)

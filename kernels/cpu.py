@@ -40,7 +40,7 @@ import numba
 import numpy as np
 from numba import njit, prange, uint64
 
-from fastnn.step import Steps
+from fastnn.step import ADAM, ADAMW, SGD, Steps
 
 # ---- tunables ----------------------------------------------------------------------------------
 # They live here, beside the kernels that read them, on purpose: numba freezes a global's value into
@@ -299,54 +299,215 @@ def _transpose(out, inp):
         _transpose_rows(out, inp, i * 32, min(i * 32 + 32, N))
 
 
-# ---- SGD ----------------------------------------------------------------------------------------
-@njit(fastmath=FASTMATH, cache=True)
-def _sgd_step(param, grad, velocity, lr, momentum, weight_decay):
-    """One parameter's SGD step: returns its new (param, velocity). Scalars in the arrays' dtype."""
-    if weight_decay != 0:  # as the reference: no 0 * param term, so an inf weight stays inf
-        grad += weight_decay * param
-    velocity = momentum * velocity + grad
-    return param - lr * velocity, velocity
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _sgd_span(param, grad, velocity, lr, momentum, weight_decay):
-    """sgd_update of 1-D arrays (a chunk, a bias), serially."""
-    for i in range(param.size):
-        param[i], velocity[i] = _sgd_step(param[i], grad[i], velocity[i], lr, momentum, weight_decay)
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _sgd_block(weight, dweight, velocity, c0, c1, j0, j1, rate, mom, decay):
-    """sgd_update of the block [c0:c1, j0:j1] of 2-D arrays, in place."""
-    for c in range(c0, c1):
-        for j in range(uint64(j0), uint64(j1)):
-            weight[c, j], velocity[c, j] = _sgd_step(weight[c, j], dweight[c, j], velocity[c, j], rate, mom, decay)
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _sgd_scalars(weight, lr, hyper):
-    """lr, momentum and weight decay in the weights' dtype: float64 scalars would make float32 math float64."""
+# ---- the optimizers -------------------------------------------------------------------------------
+# An update's scalars travel as one tuple, `coef` (_update_coefs), in the parameters' dtype: float64
+# scalars would make float32 math float64. The branch on the optimizer is taken once per block of
+# elements, outside the loops, so that each loop vectorises with one formula.
+@njit(cache=True)
+def _coefs(weight, lr, t, optimizer, momentum, weight_decay, beta1, beta2, eps):
+    """(optimizer, lr, momentum, L2 decay, decoupled shrink, beta1, 1 - beta1, beta2, 1 - beta2, eps,
+    Adam's step size, 1 / sqrt(its second bias correction)) for step t = 1, 2, ..."""
     real = weight.dtype.type
-    return real(lr), real(hyper.momentum), real(hyper.weight_decay)
+    decoupled = optimizer == ADAMW
+    decay = 0.0 if decoupled else weight_decay
+    shrink = 1 - lr * weight_decay if decoupled else 1.0
+    # Adam's bias corrections, folded into two scalars in float64 once per step: the elements then
+    # need one division and one square root, as in PyTorch's Adam
+    step_size = lr / (1 - beta1 ** t)
+    inv_sqrt_bc2 = 1 / np.sqrt(1 - beta2 ** t)
+    return (optimizer, real(lr), real(momentum), real(decay), real(shrink), real(beta1), real(1 - beta1), real(beta2),
+            real(1 - beta2), real(eps), real(step_size), real(inv_sqrt_bc2))
+
+
+@njit(cache=True)
+def _update_coefs(weight, lr, number, hyper):
+    """_coefs for step `number` under hyper (fastnn.step.Hyper)."""
+    return _coefs(weight, lr, number, hyper.optimizer, hyper.momentum, hyper.weight_decay, hyper.beta1, hyper.beta2,
+                  hyper.eps)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _sgd_step(param, grad, velocity, coef):
+    """One element's SGD step (fastnn.ops.sgd_update): returns its new (param, velocity)."""
+    rate, mom, decay = coef[1], coef[2], coef[3]
+    if decay != 0:  # as the reference: no 0 * param term, so an inf weight stays inf
+        grad += decay * param
+    velocity = mom * velocity + grad
+    return param - rate * velocity, velocity
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _adam_step(param, grad, m, v, coef):
+    """One element's Adam or AdamW step (fastnn.ops.adam_update): returns its new (param, m, v)."""
+    decay, shrink, beta1, c1, beta2, c2, eps, step_size, inv_sqrt_bc2 = coef[3:]
+    if decay != 0:
+        grad += decay * param
+    m = beta1 * m + c1 * grad
+    v = beta2 * v + c2 * grad * grad
+    return param * shrink - step_size * m / (np.sqrt(v) * inv_sqrt_bc2 + eps), m, v
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _update_one(param, grad, m, v, coef):
+    """One element's update, whichever the optimizer: returns (param, m, v)."""
+    if coef[0] == SGD:
+        param, m = _sgd_step(param, grad, m, coef)
+        return param, m, v
+    return _adam_step(param, grad, m, v, coef)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _update_span(param, grad, m, v, coef):
+    """The update of 1-D arrays (a chunk, a bias), serially; m, v: the optimizer's state for them."""
+    if coef[0] == SGD:
+        for i in range(param.size):
+            param[i], m[i] = _sgd_step(param[i], grad[i], m[i], coef)
+    else:
+        for i in range(param.size):
+            param[i], m[i], v[i] = _adam_step(param[i], grad[i], m[i], v[i], coef)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _update_block(weight, dweight, m, v, c0, c1, j0, j1, coef):
+    """The update of the block [c0:c1, j0:j1] of 2-D arrays, in place."""
+    if coef[0] == SGD:
+        for c in range(c0, c1):
+            for j in range(uint64(j0), uint64(j1)):
+                weight[c, j], m[c, j] = _sgd_step(weight[c, j], dweight[c, j], m[c, j], coef)
+    else:
+        for c in range(c0, c1):
+            for j in range(uint64(j0), uint64(j1)):
+                weight[c, j], m[c, j], v[c, j] = _adam_step(weight[c, j], dweight[c, j], m[c, j], v[c, j], coef)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _update_flat(param, grad, m, v, coef):
+    """The update of arrays of any shape, C-contiguous, SGD_CHUNK elements per parallel task."""
+    param_flat, grad_flat = param.reshape(param.size), grad.reshape(grad.size)  # views, no copies
+    m_flat, v_flat = m.reshape(m.size), v.reshape(v.size)
+    # prange over chunks of SGD_CHUNK elements: iteration i owns its chunk of param, m and v
+    for task in prange(_cdiv(param_flat.size, SGD_CHUNK)):
+        i = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
+        chunk = slice(i * SGD_CHUNK, (i + 1) * SGD_CHUNK)
+        _update_span(param_flat[chunk], grad_flat[chunk], m_flat[chunk], v_flat[chunk], coef)
+
+
+@njit(cache=True)
 def sgd_update(param, grad, velocity, lr, momentum, weight_decay):
     """One SGD step with optional momentum and L2 weight decay, in place (PyTorch's formulation).
 
     g = grad + weight_decay * param;  velocity = momentum * velocity + g;  param -= lr * velocity
     param, grad, velocity: any shape, C-contiguous.
     """
-    param_flat, grad_flat = param.reshape(param.size), grad.reshape(grad.size)  # views, no copies
-    velocity_flat = velocity.reshape(velocity.size)
-    real = param.dtype.type
-    rate, mom, decay = real(lr), real(momentum), real(weight_decay)
-    # prange over chunks of SGD_CHUNK elements: iteration i owns its chunk of param and velocity
-    for task in prange(_cdiv(param_flat.size, SGD_CHUNK)):
-        i = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
-        chunk = slice(i * SGD_CHUNK, (i + 1) * SGD_CHUNK)
-        _sgd_span(param_flat[chunk], grad_flat[chunk], velocity_flat[chunk], rate, mom, decay)
+    # velocity stands in for the unused second moment
+    _update_flat(param, grad, velocity, velocity, _coefs(param, lr, 1, SGD, momentum, weight_decay, 0.9, 0.999, 1e-8))
+
+
+@njit(cache=True)
+def adam_update(param, grad, moment1, moment2, lr, step, beta1, beta2, eps, weight_decay, decoupled):
+    """One Adam step (AdamW if decoupled), in place: fastnn.ops.adam_update. Any shape, C-contiguous."""
+    optimizer = ADAMW if decoupled else ADAM
+    _update_flat(param, grad, moment1, moment2, _coefs(param, lr, step, optimizer, 0.0, weight_decay, beta1, beta2, eps))
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _max_norm_columns(weight, weight_t, factors, limit):
+    """Columns of weight (C, OC) whose L2 norm exceeds limit scaled to norm limit, and the rows of
+    weight_t (OC, C) with them unless it has no rows; factors (>= OC,) is working memory."""
+    C, OC = weight.shape
+    limit = weight.dtype.type(limit)
+    # prange over blocks of PANEL_COLS columns: iteration owns those columns of weight, rows of
+    # weight_t and entries of factors; each norm is summed row by row, the same order for any threads
+    for task in prange(_cdiv(OC, PANEL_COLS)):
+        block = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
+        j0, j1 = block * PANEL_COLS, min(block * PANEL_COLS + PANEL_COLS, OC)
+        _max_norm_block(weight, weight_t, factors, limit, j0, j1)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _max_norm_block(weight, weight_t, factors, limit, j0, j1):
+    """Columns j0:j1 of _max_norm_columns."""
+    C = weight.shape[0]
+    for j in range(j0, j1):
+        factors[j] = 0
+    for c in range(C):  # squares summed along the rows: each pass reads a contiguous run of a row
+        for j in range(uint64(j0), uint64(j1)):
+            factors[j] += weight[c, j] * weight[c, j]
+    scaled = False
+    for j in range(j0, j1):
+        norm = np.sqrt(factors[j])
+        factors[j] = limit / norm if norm > limit else 1
+        scaled |= norm > limit
+    if not scaled:
+        return
+    for c in range(C):  # a factor of 1 changes no bit
+        for j in range(uint64(j0), uint64(j1)):
+            weight[c, j] *= factors[j]
+    if weight_t.shape[0] > 0:  # the same products, so weight_t stays weight.T bit for bit
+        for j in range(j0, j1):
+            for c in range(C):
+                weight_t[j, c] *= factors[j]
+
+
+@njit(cache=True)
+def max_norm(weight, limit):
+    """Scale each column of weight (C, OC) down to L2 norm <= limit, in place: fastnn.ops.max_norm."""
+    _max_norm_columns(weight, weight[:0], np.empty(weight.shape[1], weight.dtype), limit)
+
+
+# ---- dropout ----------------------------------------------------------------------------------------
+# fastnn.ops' counter-based masks, written again: the kernels' cache sees this file only. uint64
+# throughout, with uint64 constants: numba turns uint64 mixed with signed ints into floats.
+MASK32 = np.uint64(0xFFFFFFFF)
+
+
+@njit(cache=True)
+def _hash32(x):
+    """lowbias32 (fastnn.ops.hash32) of a uint64 below 2^32."""
+    x ^= x >> uint64(16)
+    x = (x * uint64(0x7FEB352D)) & MASK32
+    x ^= x >> uint64(15)
+    x = (x * uint64(0x846CA68B)) & MASK32
+    return x ^ (x >> uint64(16))
+
+
+@njit(cache=True)
+def _dropout_key(seed, step, layer, rate, dtype):
+    """(step key, threshold, keep scale) of fastnn.ops.dropout_keep for a layer at a step; threshold 0
+    (rate 0) keeps every unit."""
+    seed_key = _hash32(uint64(seed) & MASK32)
+    key = _hash32(_hash32(seed_key ^ (uint64(step) & MASK32)) ^ uint64(layer))
+    return key, uint64(round(rate * 16777216.0)), dtype(1 / (1 - rate))
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _dropout_row(out, b, j0, j1, drop):
+    """out[b, j0:j1] *= keep / (1 - rate) under drop = _dropout_key(...), if its threshold is not 0."""
+    key, threshold, scale = drop
+    if threshold == 0:
+        return
+    row_key = _hash32(key ^ uint64(b))
+    for j in range(uint64(j0), uint64(j1)):
+        keep = (_hash32(row_key ^ j) >> uint64(8)) >= threshold
+        out[b, j] = out[b, j] * scale if keep else 0
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _dropout_rows(out, inp, drop):
+    """out (B, H) = inp (B, H) with _dropout_row on every row."""
+    B, H = out.shape
+    # prange over rows: iteration b owns out[b]
+    for task in prange(B):
+        b = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
+        for j in range(H):
+            out[b, j] = inp[b, j]
+        _dropout_row(out, b, 0, H, drop)
+
+
+@njit(cache=True)
+def dropout_forward(out, inp, seed, step, layer, rate):
+    """Inverted dropout: out (B, H) = inp * keep / (1 - rate), the masks of fastnn.ops.dropout_keep."""
+    _dropout_rows(out, inp, _dropout_key(seed, step, layer, rate, out.dtype.type))
 
 
 # ---- the ops of fastnn/ops.py ---------------------------------------------------------------------
@@ -373,27 +534,28 @@ def _gather_row(inp, targets, b, images, labels, row, scale):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _dense_forward(out, out_t, inp, weight_t, bias, floor):
+def _dense_forward(out, out_t, inp, weight_t, bias, floor, drop):
     """out (B, OC) = max(inp (B, C) @ weight_t (OC, C).T + bias (OC), floor): floor 0 is the ReLU,
-    -inf none; out_t (OC, B) = out.T unless it has no rows (the weight gradient of the next layer
-    reads it). Flags are numbers and shapes, not booleans: numba compiles a function anew for each
-    boolean constant it is called with."""
+    -inf none; then dropout under drop (a _dropout_key; threshold 0: none); out_t (OC, B) = out.T
+    unless it has no rows (the weight gradient of the next layer reads it). Flags are numbers and
+    shapes, not booleans: numba compiles a function anew for each boolean constant it is called with."""
     B, OC = out.shape
     n_row_panels = _cdiv(B, PANEL_ROWS)
     # prange over panels of outputs: iteration p owns its panel of out and out_t
     for task in prange(n_row_panels * _cdiv(OC, PANEL_COLS)):
         p = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
-        _forward_panel(out, out_t, inp, weight_t, bias, floor, *_panel(p, n_row_panels, B, OC))
+        _forward_panel(out, out_t, inp, weight_t, bias, floor, drop, *_panel(p, n_row_panels, B, OC))
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _forward_panel(out, out_t, inp, weight_t, bias, floor, i0, i1, j0, j1):
+def _forward_panel(out, out_t, inp, weight_t, bias, floor, drop, i0, i1, j0, j1):
     """Panel [i0:i1, j0:j1] of _dense_forward."""
     _dot_block(out, inp, weight_t, i0, i1, j0, j1)  # (i1 - i0, j1 - j0)
-    for i in range(i0, i1):  # bias and ReLU while the panel is in L1
+    for i in range(i0, i1):  # bias, ReLU and dropout while the panel is in L1
         for j in range(uint64(j0), uint64(j1)):
             value = out[i, j] + bias[j]
             out[i, j] = floor if value < floor else value  # `<`: NaN stays NaN, as with np.maximum
+        _dropout_row(out, i, j0, j1, drop)
     if out_t.shape[0] > 0:
         _store_t(out_t, out, i0, i1, j0, j1)
 
@@ -409,13 +571,13 @@ def _transposed(weight):
 @njit(fastmath=FASTMATH, cache=True)
 def linear_forward(out, inp, weight, bias):
     """out (B, OC) = inp (B, C) @ weight (C, OC) + bias (OC)."""
-    _dense_forward(out, out[:0], inp, _transposed(weight), bias, -np.inf)
+    _dense_forward(out, out[:0], inp, _transposed(weight), bias, -np.inf, _dropout_key(0, 0, 0, 0.0, out.dtype.type))
 
 
 @njit(fastmath=FASTMATH, cache=True)
 def linear_relu_forward(out, inp, weight, bias):
     """out (B, OC) = relu(inp (B, C) @ weight (C, OC) + bias (OC)): a hidden layer, ReLU in the epilogue."""
-    _dense_forward(out, out[:0], inp, _transposed(weight), bias, 0.0)
+    _dense_forward(out, out[:0], inp, _transposed(weight), bias, 0.0, _dropout_key(0, 0, 0, 0.0, out.dtype.type))
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -556,9 +718,10 @@ def linear_backward(dweight, dbias, dout, inp):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _dense_backward_input(dinp, dinp_t, dout, weight, inp):
-    """dinp (B, C) = (dout (B, OC) @ weight (C, OC).T) * (inp > 0); dinp_t (C, B) = dinp.T unless it
-    has no rows.
+def _dense_backward_input(dinp, dinp_t, dout, weight, inp, keep_scale):
+    """dinp (B, C) = (dout (B, OC) @ weight (C, OC).T) * (inp > 0) * keep_scale; dinp_t (C, B) = dinp.T
+    unless it has no rows. inp is 0 where the ReLU was off or dropout dropped the unit; keep_scale is
+    dropout's 1 / (1 - rate) (1: none), by which a kept unit's output was scaled.
 
     Dot-product form with no transpose needed: dout's rows and weight's rows are both along OC.
     """
@@ -567,16 +730,16 @@ def _dense_backward_input(dinp, dinp_t, dout, weight, inp):
     # prange over panels of dinp: iteration p owns its panel of dinp and dinp_t
     for task in prange(n_row_panels * _cdiv(C, PANEL_COLS)):
         p = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
-        _dinp_panel(dinp, dinp_t, dout, weight, inp, *_panel(p, n_row_panels, B, C))
+        _dinp_panel(dinp, dinp_t, dout, weight, inp, keep_scale, *_panel(p, n_row_panels, B, C))
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _dinp_panel(dinp, dinp_t, dout, weight, inp, i0, i1, j0, j1):
+def _dinp_panel(dinp, dinp_t, dout, weight, inp, keep_scale, i0, i1, j0, j1):
     """Panel [i0:i1, j0:j1] of _dense_backward_input."""
     _dot_block(dinp, dout, weight, i0, i1, j0, j1)
     for i in range(i0, i1):  # the ReLU mask as a product, as the reference: NaN stays NaN
         for j in range(uint64(j0), uint64(j1)):
-            dinp[i, j] = dinp[i, j] * (inp[i, j] > 0)
+            dinp[i, j] = dinp[i, j] * (inp[i, j] > 0) * keep_scale
     if dinp_t.shape[0] > 0:
         _store_t(dinp_t, dinp, i0, i1, j0, j1)
 
@@ -587,7 +750,7 @@ def linear_backward_input(dinp, dout, weight, inp):
 
     dinp (B, C) = (dout (B, OC) @ weight (C, OC).T) * (inp > 0), inp being the previous ReLU's output.
     """
-    _dense_backward_input(dinp, dinp[:0], dout, weight, inp)
+    _dense_backward_input(dinp, dinp[:0], dout, weight, inp, dinp.dtype.type(1))
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -629,7 +792,7 @@ def forward(acts, params):
 
 # ---- a sparse first layer -------------------------------------------------------------------------
 @njit(fastmath=FASTMATH, cache=True)
-def _sparse_row_forward(out, block_start, b, weight, bias, start, end, columns, values, scale):
+def _sparse_row_forward(out, block_start, b, weight, bias, start, end, columns, values, scale, drop):
     """out[b] = relu(x @ weight + bias) for the image whose non-zeros are columns and values
     [start:end]: the weight rows of its non-zero pixels, four per pass, so that each load and store
     of out[b] feeds four FMAs. block_start[b, t]: where its non-zeros reach pixel t * PIXEL_BLOCK."""
@@ -652,6 +815,7 @@ def _sparse_row_forward(out, block_start, b, weight, bias, start, end, columns, 
     for j in range(OC):
         if out[b, j] < 0:  # `< 0`: NaN stays NaN
             out[b, j] = 0
+    _dropout_row(out, b, 0, OC, drop)
     p = start
     for t in range(block_start.shape[1]):
         while p < end and columns[p] < t * PIXEL_BLOCK:
@@ -660,7 +824,7 @@ def _sparse_row_forward(out, block_start, b, weight, bias, start, end, columns, 
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _sparse_forward(out, out_t, targets, block_start, data, indices, weight, bias):
+def _sparse_forward(out, out_t, targets, block_start, data, indices, weight, bias, drop):
     """out (B, OC) = relu(images[indices] * scale @ weight (C, OC) + bias) from the CSR non-zeros, and
     out_t (OC, B) = out.T; targets (B,) = labels[indices]; block_start (B, blocks + 1): where each
     sample's non-zeros reach pixel block t (for _sparse_update)."""
@@ -676,34 +840,33 @@ def _sparse_forward(out, out_t, targets, block_start, data, indices, weight, bia
             row = indices[b]
             targets[b] = labels[row]
             _sparse_row_forward(out, block_start, b, weight, bias, row_start[row], row_start[row + 1], columns,
-                                values, scale)  # (OC,)
+                                values, scale, drop)  # (OC,)
         _store_t(out_t, out, b0, b1, 0, out.shape[1])
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _sparse_update(params, grads, optimizer, data, block_start, dout, lr, hyper):
-    """The first layer's dweight = images[indices].T @ dout over the non-zeros, then SGD, row by row.
+def _sparse_update(params, grads, optimizer, data, block_start, dout, lr, number, hyper):
+    """The first layer's dweight = images[indices].T @ dout over the non-zeros, then the update, row by row.
 
     Each task takes PIXEL_BLOCK rows and the batch's samples in order, so each row's sum runs in the
     same order whatever the thread count: for each non-zero pixel of a sample, that sample's row of
     dout into the pixel's row of dweight. A row no image of the batch touches has a zero gradient:
-    plain SGD leaves it alone; momentum and weight decay still move it.
+    plain SGD leaves it alone; momentum, weight decay and Adam still move it.
     """
-    weight, dweight, velocity = params.weights[0], grads.weights[0], optimizer.velocity.weights[0]
-    bias, dbias, velocity_b = params.biases[0], grads.biases[0], optimizer.velocity.biases[0]
+    weight, dweight, m, v = params.weights[0], grads.weights[0], optimizer.velocity.weights[0], optimizer.second.weights[0]
+    bias, dbias, m_b, v_b = params.biases[0], grads.biases[0], optimizer.velocity.biases[0], optimizer.second.biases[0]
     columns, values, scale = data.columns, data.values, data.scale
-    rate, mom, decay = _sgd_scalars(weight, lr, hyper)
+    coef = _update_coefs(weight, lr, number, hyper)
     C, OC = weight.shape
-    # prange over blocks of PIXEL_BLOCK rows: iteration owns those rows of dweight, weight, velocity
+    # prange over blocks of PIXEL_BLOCK rows: iteration owns those rows of dweight, weight, m, v
     # (and the first block the bias)
     for task in prange(_cdiv(C, PIXEL_BLOCK)):
         block = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
-        _sparse_update_rows(block, weight, dweight, velocity, columns, values, scale, block_start, dout, rate, mom,
-                            decay)
+        _sparse_update_rows(block, weight, dweight, m, v, columns, values, scale, block_start, dout, coef)
         if block == 0:
             for j in range(OC):
                 dbias[j] = _column_sum(dout, j)
-            _sgd_span(bias, dbias, velocity_b, rate, mom, decay)
+            _update_span(bias, dbias, m_b, v_b, coef)
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -716,8 +879,7 @@ def _column_sum(x, j):
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _sparse_update_rows(block, weight, dweight, velocity, columns, values, scale, block_start, dout, rate, mom,
-                        decay):
+def _sparse_update_rows(block, weight, dweight, m, v, columns, values, scale, block_start, dout, coef):
     """Rows block * PIXEL_BLOCK and on of _sparse_update."""
     (C, OC), dtype = weight.shape, weight.dtype.type
     k0, k1 = block * PIXEL_BLOCK, min(block * PIXEL_BLOCK + PIXEL_BLOCK, C)
@@ -735,52 +897,52 @@ def _sparse_update_rows(block, weight, dweight, velocity, columns, values, scale
                 touched |= bit
     for k in range(k0, k1):
         if not touched & (np.int64(1) << (k - k0)):
-            if mom == 0 and decay == 0:
+            if coef[0] == SGD and coef[2] == 0 and coef[3] == 0:  # plain SGD: a zero gradient changes nothing
                 continue
             for j in range(OC):
                 dweight[k, j] = 0
-        _sgd_block(weight, dweight, velocity, k, k + 1, 0, OC, rate, mom, decay)
+        _update_block(weight, dweight, m, v, k, k + 1, 0, OC, coef)
 
 
 # ---- dense layers and the last layer in a training step --------------------------------------------
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _dense_update(l, params, grads, optimizer, weight_t, inp_t, dout_t, lr, hyper):
-    """Dense layer l: dweight = inp_t (C, B) @ dout_t (OC, B).T, then SGD on weight and velocity;
-    weight_t (OC, C) follows (the next forward reads it)."""
-    weight, dweight, velocity = params.weights[l], grads.weights[l], optimizer.velocity.weights[l]
-    bias, dbias, velocity_b = params.biases[l], grads.biases[l], optimizer.velocity.biases[l]
-    rate, mom, decay = _sgd_scalars(weight, lr, hyper)
+def _dense_update(l, params, grads, optimizer, weight_t, inp_t, dout_t, lr, number, hyper):
+    """Dense layer l: dweight = inp_t (C, B) @ dout_t (OC, B).T, then the update of weight and the
+    optimizer's state; weight_t (OC, C) follows (the next forward reads it)."""
+    weight, dweight, m, v = params.weights[l], grads.weights[l], optimizer.velocity.weights[l], optimizer.second.weights[l]
+    bias, dbias, m_b, v_b = params.biases[l], grads.biases[l], optimizer.velocity.biases[l], optimizer.second.biases[l]
+    coef = _update_coefs(weight, lr, number, hyper)
     C, OC = weight.shape
     n_row_panels = _cdiv(C, PANEL_ROWS)
-    # prange over panels of dweight: iteration p owns that panel of dweight, weight, velocity and
-    # weight_t (and those of the first rows their part of the bias)
+    # prange over panels of dweight: iteration p owns that panel of dweight, weight, m, v and weight_t
+    # (and those of the first rows their part of the bias)
     for task in prange(n_row_panels * _cdiv(OC, PANEL_COLS)):
         p = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
         c0, c1, j0, j1 = _panel(p, n_row_panels, C, OC)
-        _update_panel(weight, weight_t, dweight, velocity, inp_t, dout_t, rate, mom, decay, c0, c1, j0, j1)
+        _update_panel(weight, weight_t, dweight, m, v, inp_t, dout_t, coef, c0, c1, j0, j1)
         if c0 == 0:
             for j in range(j0, j1):
                 dbias[j] = _row_sum(dout_t, j)
-                bias[j], velocity_b[j] = _sgd_step(bias[j], dbias[j], velocity_b[j], rate, mom, decay)
+                bias[j], m_b[j], v_b[j] = _update_one(bias[j], dbias[j], m_b[j], v_b[j], coef)
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _update_panel(weight, weight_t, dweight, velocity, inp_t, dout_t, rate, mom, decay, c0, c1, j0, j1):
-    """Panel [c0:c1, j0:j1] of _dense_update: its weight gradient, SGD, and weight.T."""
+def _update_panel(weight, weight_t, dweight, m, v, inp_t, dout_t, coef, c0, c1, j0, j1):
+    """Panel [c0:c1, j0:j1] of _dense_update: its weight gradient, the update, and weight.T."""
     _dot_block(dweight, inp_t, dout_t, c0, c1, j0, j1)  # (c1 - c0, j1 - j0)
-    _sgd_block(weight, dweight, velocity, c0, c1, j0, j1, rate, mom, decay)
+    _update_block(weight, dweight, m, v, c0, c1, j0, j1, coef)
     _store_t(weight_t, weight, c0, c1, j0, j1)
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _head_update_columns(weight, weight_t, dweight_t, velocity, dlogits_t, inp_t, rate, mom, decay, c0, c1):
-    """Columns c0:c1 of _head_update's weight_t: their gradient, then SGD on weight_t, weight, velocity."""
+def _head_update_columns(weight, weight_t, dweight_t, m, v, dlogits_t, inp_t, coef, c0, c1):
+    """Columns c0:c1 of _head_update's weight_t: their gradient, then the update of weight_t, weight, m, v."""
     K = weight_t.shape[0]
     _dot_block(dweight_t, dlogits_t, inp_t, 0, K, c0, c1)  # (K, c1 - c0)
     for c in range(c0, c1):
         for j in range(K):
-            w, v = _sgd_step(weight_t[j, c], dweight_t[j, c], velocity[c, j], rate, mom, decay)
-            weight_t[j, c], weight[c, j], velocity[c, j] = w, w, v
+            w, m[c, j], v[c, j] = _update_one(weight_t[j, c], dweight_t[j, c], m[c, j], v[c, j], coef)
+            weight_t[j, c], weight[c, j] = w, w
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -800,12 +962,13 @@ def _combine_rows(out, b, coefs, rows):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _head_region(logits, dlogits, dlogits_t, dinp, dinp_t, inp, weight_t, bias, targets, losses, correct):
+def _head_region(logits, dlogits, dlogits_t, dinp, dinp_t, inp, weight_t, bias, targets, losses, correct, keep_scale):
     """The last layer and the loss, per block of 4 samples, and the gradient into the layer's input.
 
     logits (B, K) = inp (B, C) @ weight_t (K, C).T + bias; dlogits (B, K) as softmax_cross_entropy,
     and dlogits_t = dlogits.T; losses[b], correct[b] (1.0 if the largest logit is the target, before
-    any update); dinp (B, C) = (dlogits @ weight_t) * (inp > 0) and dinp_t = dinp.T, unless dinp has
+    any update); dinp (B, C) = (dlogits @ weight_t) * (inp > 0) * keep_scale (as _dense_backward_input)
+    and dinp_t = dinp.T, unless dinp has
     no rows (a single layer has no hidden layer below it: the pixels need no gradient).
     """
     B, K = logits.shape
@@ -814,11 +977,12 @@ def _head_region(logits, dlogits, dlogits_t, dinp, dinp_t, inp, weight_t, bias, 
     for task in prange(_cdiv(B, 4)):
         block = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
         _head_block(logits, dlogits, dlogits_t, dinp, dinp_t, inp, weight_t, bias, targets, losses, correct,
-                    block * 4, min(block * 4 + 4, B))
+                    keep_scale, block * 4, min(block * 4 + 4, B))
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _head_block(logits, dlogits, dlogits_t, dinp, dinp_t, inp, weight_t, bias, targets, losses, correct, b0, b1):
+def _head_block(logits, dlogits, dlogits_t, dinp, dinp_t, inp, weight_t, bias, targets, losses, correct, keep_scale,
+                b0, b1):
     """Samples b0:b1 of _head_region."""
     K = logits.shape[1]
     _dot_block(logits, inp, weight_t, b0, b1, 0, K)  # (b1 - b0, K)
@@ -830,60 +994,61 @@ def _head_block(logits, dlogits, dlogits_t, dinp, dinp_t, inp, weight_t, bias, t
         if dinp.shape[0] > 0:
             _combine_rows(dinp, b, dlogits, weight_t)  # (C,)
             for c in range(dinp.shape[1]):
-                dinp[b, c] = dinp[b, c] * (inp[b, c] > 0)
+                dinp[b, c] = dinp[b, c] * (inp[b, c] > 0) * keep_scale
     _store_t(dlogits_t, dlogits, b0, b1, 0, K)
     if dinp.shape[0] > 0:
         _store_t(dinp_t, dinp, b0, b1, 0, dinp.shape[1])
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _head_update(params, grads, optimizer, weight_t, inp_t, dlogits_t, lr, hyper):
-    """The last layer: dweight.T (K, C) = dlogits_t (K, B) @ inp_t (C, B).T, then SGD on weight_t,
-    weight and velocity. The gradient is computed transposed, into the layer's gradient buffer used
-    as (K, C) working memory, so that its rows run along C, not K = 10."""
+def _head_update(params, grads, optimizer, weight_t, inp_t, dlogits_t, lr, number, hyper):
+    """The last layer: dweight.T (K, C) = dlogits_t (K, B) @ inp_t (C, B).T, then the update of
+    weight_t, weight and the optimizer's state. The gradient is computed transposed, into the layer's
+    gradient buffer used as (K, C) working memory, so that its rows run along C, not K = 10."""
     l = len(params.weights) - 1
-    weight, velocity = params.weights[l], optimizer.velocity.weights[l]
-    bias, dbias, velocity_b = params.biases[l], grads.biases[l], optimizer.velocity.biases[l]
+    weight, m, v = params.weights[l], optimizer.velocity.weights[l], optimizer.second.weights[l]
+    bias, dbias, m_b, v_b = params.biases[l], grads.biases[l], optimizer.velocity.biases[l], optimizer.second.biases[l]
     C, K = weight.shape
     dweight_t = grads.weights[l].reshape((K, C))
-    rate, mom, decay = _sgd_scalars(weight, lr, hyper)
-    # prange over blocks of PANEL_COLS columns of weight_t: iteration owns them, in weight_t, weight
-    # and velocity (and the first block the bias)
+    coef = _update_coefs(weight, lr, number, hyper)
+    # prange over blocks of PANEL_COLS columns of weight_t: iteration owns them, in weight_t, weight,
+    # m and v (and the first block the bias)
     for task in prange(_cdiv(C, PANEL_COLS)):
         block = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
         c0, c1 = block * PANEL_COLS, min(block * PANEL_COLS + PANEL_COLS, C)
-        _head_update_columns(weight, weight_t, dweight_t, velocity, dlogits_t, inp_t, rate, mom, decay, c0, c1)
+        _head_update_columns(weight, weight_t, dweight_t, m, v, dlogits_t, inp_t, coef, c0, c1)
         if c0 == 0:
             for j in range(K):
                 dbias[j] = _row_sum(dlogits_t, j)
-            _sgd_span(bias, dbias, velocity_b, rate, mom, decay)
+            _update_span(bias, dbias, m_b, v_b, coef)
 
 
 # ---- the training step ------------------------------------------------------------------------------
-def train_step(params, grads, optimizer, buffers, data, indices, lr, hyper):
-    """One mini-batch of SGD: fastnn.ops.train_step's arguments and results, (loss, n_correct).
+def train_step(params, grads, optimizer, buffers, data, indices, lr, number, hyper):
+    """One mini-batch, step `number` of the run: fastnn.ops.train_step's arguments and results, (loss, n_correct).
 
     data from prepare_data; buffers are views sized to this batch, their scratch whole. One step is a
     call of train_steps (a Python function: one jitted entry point less to compile).
     """
-    losses, n_correct = train_steps(params, grads, optimizer, buffers, data,
-                                    Steps(np.asarray(indices).reshape(1, -1), np.array([lr], np.float64)), hyper)
+    steps = Steps(np.asarray(indices).reshape(1, -1), np.array([lr], np.float64), np.array([number], np.int64))
+    losses, n_correct = train_steps(params, grads, optimizer, buffers, data, steps, hyper)
     return float(losses[0]), int(n_correct[0])
 
 
 @njit(fastmath=FASTMATH, cache=True)
 def train_steps(params, grads, optimizer, buffers, data, steps, hyper):
-    """S mini-batches of SGD in one call: fastnn.ops.train_steps. Returns (losses (S,), n_correct (S,)).
+    """S mini-batches in one call: fastnn.ops.train_steps. Returns (losses (S,), n_correct (S,)).
 
     data from prepare_data; buffers are views sized to these batches, their scratch whole (at least
     scratch_size(sizes, B) floats). A call from Python costs ~10 us (numba reads every array of the
     bundles): once per S steps it is noise. The weight transposes are filled once per call, then kept
-    current by the updates. The steps' regions are called from here directly: numba re-optimizes
-    the code of every callee in each caller, so each level of calls costs compile time.
+    current by the updates (and max-norm). The steps' regions are called from here directly: numba
+    re-optimizes the code of every callee in each caller, so each level of calls costs compile time.
     """
     weights, biases = params
     acts, douts, targets, scratch = buffers
     L, B = len(weights), targets.shape[0]
+    dtype = weights[0].dtype.type
     sizes = np.empty(L + 1, np.int64)  # (C_0, ..., K)
     sizes[0] = weights[0].shape[0]
     for l in range(L):
@@ -896,34 +1061,45 @@ def train_steps(params, grads, optimizer, buffers, data, steps, hyper):
         _transpose(_weight_t(scratch, weights, l), weights[l])
     losses, correct, block_start, _ = _step_parts(scratch, weights, B)
     rows = B if L > 1 else 0  # the gradient into the last hidden layer: none for a single layer
+    keep_scale = dtype(1 / (1 - hyper.dropout))  # a kept unit's output and gradient factor
+    factors = np.empty(sizes[1:].max(), dtype)  # max-norm's working memory (serial code: allocating is fine)
     S = steps.lrs.shape[0]
     step_losses, step_correct = np.empty(S), np.empty(S, np.int64)
     for s in range(S):
-        indices, lr = steps.indices[s], steps.lrs[s]
+        indices, lr, number = steps.indices[s], steps.lrs[s], steps.numbers[s]
         if sparse_first:
             _sparse_forward(acts[1], _transposes(scratch, weights, B, 1)[0], targets, block_start, data, indices,
-                            weights[0], biases[0])  # (B, C_1)
+                            weights[0], biases[0],
+                            _dropout_key(hyper.dropout_seed, number, 0, hyper.dropout, dtype))  # (B, C_1)
         else:
             gather_batch(acts[0], targets, data, indices)  # (B, C_0)
             _transpose(_transposes(scratch, weights, B, 0)[0], acts[0])  # (C_0, B), for the first weight gradient
         for l in range(1 if sparse_first else 0, L - 1):
             _dense_forward(acts[l + 1], _transposes(scratch, weights, B, l + 1)[0], acts[l],
-                           _weight_t(scratch, weights, l), biases[l], 0.0)  # (B, C_l+1)
+                           _weight_t(scratch, weights, l), biases[l], 0.0,
+                           _dropout_key(hyper.dropout_seed, number, l, hyper.dropout, dtype))  # (B, C_l+1)
         last_inp_t, dlogits_t = _transposes(scratch, weights, B, L - 1)
         below = max(L - 2, 0)
         dinp, dinp_t = douts[below][:rows], _transposes(scratch, weights, B, below)[1][:rows]
         _head_region(acts[L], douts[L - 1], dlogits_t, dinp, dinp_t, acts[L - 1], _weight_t(scratch, weights, L - 1),
-                     biases[L - 1], targets, losses, correct)
+                     biases[L - 1], targets, losses, correct, keep_scale)
         for l in range(L - 2, 0, -1):  # gradients into the hidden layers, while every weight is unchanged
             _dense_backward_input(douts[l - 1], _transposes(scratch, weights, B, l - 1)[1], douts[l], weights[l],
-                                  acts[l])  # (B, C_l)
-        _head_update(params, grads, optimizer, _weight_t(scratch, weights, L - 1), last_inp_t, dlogits_t, lr, hyper)
+                                  acts[l], keep_scale)  # (B, C_l)
+        _head_update(params, grads, optimizer, _weight_t(scratch, weights, L - 1), last_inp_t, dlogits_t, lr, number,
+                     hyper)
         for l in range(L - 2, -1, -1):
             if l == 0 and sparse_first:
-                _sparse_update(params, grads, optimizer, data, block_start, douts[0], lr, hyper)
+                _sparse_update(params, grads, optimizer, data, block_start, douts[0], lr, number, hyper)
             else:
                 inp_t, dout_t = _transposes(scratch, weights, B, l)
-                _dense_update(l, params, grads, optimizer, _weight_t(scratch, weights, l), inp_t, dout_t, lr, hyper)
+                _dense_update(l, params, grads, optimizer, _weight_t(scratch, weights, l), inp_t, dout_t, lr, number,
+                              hyper)
+        if hyper.max_norm > 0:
+            for l in range(L):  # a sparse first layer keeps no transpose
+                weight_t = _weight_t(scratch, weights, l)
+                _max_norm_columns(weights[l], weight_t[:0] if l == 0 and sparse_first else weight_t, factors,
+                                  hyper.max_norm)
         step_losses[s] = _mean(losses)
         n_correct = 0
         for b in range(B):

@@ -132,6 +132,39 @@ def test_sgd_update(backend, momentum, weight_decay, shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(10,), (13,), (7, 18), (784, 128), (128, 10)])
+@pytest.mark.parametrize("step, weight_decay, decoupled", [(1, 0.0, False), (7, 5e-4, False), (1000, 5e-2, True)])
+def test_adam_update(backend, step, weight_decay, decoupled, shape, dtype):
+    skip_if_slow(backend, np.prod(shape))
+    rng = np.random.default_rng(8)
+    param, grad, moment1 = (values(rng, shape, dtype) for _ in range(3))
+    moment2 = values(rng, shape, dtype, "no zeros") ** 2  # a running mean of squares: never negative
+    compare_op(backend, "adam_update", param, grad, moment1, moment2, 1e-3, step, 0.9, 0.999, 1e-8, weight_decay,
+               decoupled, tol="softmax")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (7, 18), (784, 128), (128, 10)])
+@pytest.mark.parametrize("limit", [0.5, 3.0, 1e9])
+def test_max_norm(backend, limit, shape, dtype):
+    """Columns over the limit (most at 0.5, some at 3, none at 1e9) are scaled down, the others untouched."""
+    skip_if_slow(backend, np.prod(shape))
+    weight = values(np.random.default_rng(9), shape, dtype) * np.linspace(0.01, 0.4, shape[1]).astype(dtype)
+    compare_op(backend, "max_norm", weight, limit, tol="softmax")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (64, 128), (128, 1024)])
+@pytest.mark.parametrize("rate", [0.0, 0.2, 0.5, 0.9])
+def test_dropout_forward_draws_the_reference_masks_bit_for_bit(backend, rate, shape, dtype):
+    skip_if_slow(backend, np.prod(shape), limit=2_000)
+    rng = np.random.default_rng(10)
+    inp = values(rng, shape, dtype, "no zeros")
+    for seed, step, layer in [(0, 1, 0), (42, 12345, 1), (2**32 - 1, 2**40 + 3, 2)]:
+        compare_op(backend, "dropout_forward", nans(shape, dtype), inp, seed, step, layer, rate, tol="exact")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_argmax_ties_take_the_first(backend, dtype):
     logits = np.array([[1, 3, 3, 0], [2, 2, 2, 2], [-np.inf, -np.inf, -1, -1], [1e4, 1e4, 0, 0]], dtype)
     compare_op(backend, "argmax", np.full(4, -1, np.int64), logits, tol="exact")

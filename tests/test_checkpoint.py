@@ -5,7 +5,8 @@ import pytest
 
 from fastnn import checkpoint
 from fastnn.fileio import FastnnError
-from fastnn.step import Layers
+from fastnn.step import Layers, OptimizerState
+from tests.helpers import arrays as each_array
 
 
 def test_weights_round_trip_in_the_original_layout(tmp_path):
@@ -72,28 +73,32 @@ def test_a_broken_history_is_one_clear_line(tmp_path, content):
     assert "\n" not in str(info.value)
 
 
-def run_state(history_length=2):
+def run_state(history_length=2, best=None):
     velocity = Layers((np.full((3, 2), 0.5, np.float32),), (np.arange(2, dtype=np.float32),))
+    second = Layers((np.full((3, 2), 0.25, np.float32),), (np.arange(2, dtype=np.float32) ** 2,))
     history = [{"epoch": e, "loss": 1.0 / e, "train_accuracy": 0.5} for e in range(1, history_length + 1)]
     rng = np.random.default_rng(7)
     rng.permutation(10)
-    return checkpoint.RunState(first_epoch=1, epochs=5, done=history_length, velocity=velocity,
-                               rng_state=rng.bit_generator.state, settings={"lr": 0.1, "seed": 7},
-                               history=history, weights_sha256="ab" * 32)
+    return checkpoint.RunState(first_epoch=1, epochs=5, done=history_length,
+                               optimizer=OptimizerState(velocity, second), rng_state=rng.bit_generator.state,
+                               settings={"lr": 0.1, "seed": 7}, history=history, weights_sha256="ab" * 32, best=best)
 
 
-def test_run_state_round_trip_without_pickle(tmp_path):
-    state = run_state()
+@pytest.mark.parametrize("with_best", [False, True])
+def test_run_state_round_trip_without_pickle(tmp_path, with_best):
     params = Layers((np.ones((3, 2), np.float32),), (np.zeros(2, np.float32),))
+    state = run_state(best=params if with_best else None)
     checkpoint.write_weights(tmp_path / "weights.npz", params, state)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train_state.npz", "weights.npz"]
     with np.load(tmp_path / checkpoint.STATE, allow_pickle=False) as npz:  # no object arrays inside
-        assert sorted(npz.files) == ["V1", "meta", "vb1"]
+        assert sorted(npz.files) == sorted(["S1", "V1", "meta", "sb1", "vb1"] + (["BW1", "Bb1"] if with_best else []))
     loaded = checkpoint.read_state(tmp_path / "weights.npz")
-    for got, want in zip(loaded.velocity.weights + loaded.velocity.biases, state.velocity.weights + state.velocity.biases):
+    for got, want in zip([*each_array(loaded.optimizer), *each_array(loaded.best)],
+                         [*each_array(state.optimizer), *each_array(state.best)], strict=True):
         np.testing.assert_array_equal(got, want)
         assert got.dtype == want.dtype
-    assert loaded._replace(velocity=None) == state._replace(velocity=None)
+    assert (loaded.best is None) == (not with_best)
+    assert loaded._replace(optimizer=None, best=None) == state._replace(optimizer=None, best=None)
     rng = np.random.default_rng()
     rng.bit_generator.state = loaded.rng_state  # the 128-bit PCG64 state survives JSON
     expected = np.random.default_rng(7)

@@ -46,7 +46,7 @@ def test_resuming_a_finished_run_trains_on_as_a_new_run_and_says_so(trained_run,
     assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3, 4]
     assert json.loads((tmp_path / "history.json").read_text())["config"]["hidden"] == [32]
     assert (f"resuming {out / 'weights.npz'} after epoch 3 (its run finished): 1 more epochs as a new run, "
-            f"with momentum from zero and a new schedule") in capsys.readouterr().out.splitlines()
+            f"with the optimizer's state from zero and a new schedule") in capsys.readouterr().out.splitlines()
 
 
 def test_evaluate_prints_accuracy_and_writes_the_confusion_matrix(trained_run, tmp_path, capsys):

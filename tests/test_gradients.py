@@ -1,9 +1,10 @@
-"""The NumPy reference against float64 finite differences: the definition of right is itself checked."""
+"""The NumPy reference against float64 finite differences and published formulas: the definition of
+right is itself checked."""
 import numpy as np
 import pytest
 
 from fastnn import ops
-from fastnn.step import Data, Hyper, Layers, training_state
+from fastnn.step import SGD, Data, Hyper, Layers, training_state
 
 EPS = 1e-6  # central differences in float64: truncation ~EPS^2, rounding ~1e-16/EPS, both << 1e-7
 
@@ -134,9 +135,71 @@ def test_argmax_takes_the_first_of_ties():
     assert out.tolist() == [1, 0]
 
 
-@pytest.mark.parametrize("hidden", [(6,), (5, 4)])
-def test_train_step_gradients_of_the_whole_model_match_finite_differences(hidden):
-    """lr = 0 leaves the weights alone, so train_step's gradients can be checked against the loss."""
+def kingma_ba(theta, gradients, alpha, beta1, beta2, eps, weight_decay, decoupled):
+    """Algorithm 1 of Kingma & Ba (2015), element by element in Python floats, with weight decay as
+    an L2 term in the gradient or, decoupled, as Loshchilov & Hutter's AdamW (scaled by alpha, as
+    PyTorch's AdamW). Returns the parameters after len(gradients) steps."""
+    theta = [float(x) for x in theta]
+    m, v = [0.0] * len(theta), [0.0] * len(theta)
+    for t, grad in enumerate(gradients, start=1):
+        for i, g in enumerate(float(x) for x in grad):
+            if decoupled:
+                theta[i] -= alpha * weight_decay * theta[i]
+            else:
+                g += weight_decay * theta[i]
+            m[i] = beta1 * m[i] + (1 - beta1) * g
+            v[i] = beta2 * v[i] + (1 - beta2) * g ** 2
+            m_hat, v_hat = m[i] / (1 - beta1 ** t), v[i] / (1 - beta2 ** t)
+            theta[i] -= alpha * m_hat / (v_hat ** 0.5 + eps)
+    return np.array(theta)
+
+
+@pytest.mark.parametrize("weight_decay, decoupled", [(0.0, False), (0.01, False), (0.1, True)])
+def test_adam_update_follows_kingma_and_ba(weight_decay, decoupled):
+    rng = np.random.default_rng(13)
+    theta, gradients = rng.standard_normal(7), rng.standard_normal((6, 7)) * [1, 1, 1, 1e-3, 1e3, 0, 1e-9]
+    param, m, v = theta.copy(), np.zeros(7), np.zeros(7)
+    for t, grad in enumerate(gradients, start=1):
+        ops.adam_update(param, grad, m, v, 1e-2, t, 0.9, 0.999, 1e-8, weight_decay, decoupled)
+    np.testing.assert_allclose(param, kingma_ba(theta, gradients, 1e-2, 0.9, 0.999, 1e-8, weight_decay, decoupled),
+                               rtol=1e-13, atol=1e-15)
+
+
+def test_max_norm_scales_only_the_columns_over_the_limit():
+    weight = np.array([[3.0, 0.1, 0.0], [4.0, 0.1, 0.0]])  # column norms 5, 0.14, 0
+    before = weight.copy()
+    ops.max_norm(weight, 2.0)
+    np.testing.assert_allclose(weight[:, 0], [1.2, 1.6], rtol=1e-15)  # the direction kept, the norm 2
+    np.testing.assert_array_equal(weight[:, 1:], before[:, 1:])
+
+
+def test_dropout_keeps_each_unit_with_probability_one_minus_rate_independently():
+    keep = ops.dropout_keep(1000, 1000, seed=1, step=1, layer=0, rate=0.3)
+    assert abs(keep.mean() - 0.7) < 0.003  # 1e6 draws: the standard deviation is 0.0005
+    assert abs(keep[:, :500].mean() - keep[:, 500:].mean()) < 0.003 and abs(keep[::2].mean() - keep[1::2].mean()) < 0.003
+    both = (keep[:, :-1] & keep[:, 1:]).mean()  # neighbours independent: 0.49 kept together
+    assert abs(both - 0.49) < 0.003
+    draws = [ops.dropout_keep(64, 100, seed, step, layer, 0.5) for seed, step, layer in
+             [(1, 1, 0), (2, 1, 0), (1, 2, 0), (1, 1, 1), (3, 0, 0), (1, 2**31 + 1, 0)]]
+    for i, a in enumerate(draws):  # another seed, step or layer: another mask (agreeing on about half)
+        for b in draws[i + 1:]:
+            assert 0.4 < (a == b).mean() < 0.6
+    assert ops.dropout_keep(8, 8, 5, 5, 0, 0.0).all()
+
+
+def test_dropout_forward_scales_what_it_keeps():
+    inp = np.full((50, 40), 3.0, np.float32)
+    out = np.empty_like(inp)
+    ops.dropout_forward(out, inp, 4, 9, 1, 0.25)
+    keep = ops.dropout_keep(50, 40, 4, 9, 1, 0.25)
+    np.testing.assert_array_equal(out, np.where(keep, np.float32(3.0) * np.float32(1 / 0.75), 0))
+
+
+@pytest.mark.parametrize("hidden, dropout", [((6,), 0.0), ((5, 4), 0.0), ((6,), 0.5), ((5, 4), 0.3)])
+def test_train_step_gradients_of_the_whole_model_match_finite_differences(hidden, dropout):
+    """lr = 0 leaves the weights alone, so train_step's gradients can be checked against the loss.
+    The dropout masks are a function of (seed, step, layer, row, unit), not of the weights: with them
+    drawn, the loss is a function of the weights like any other."""
     rng = np.random.default_rng(5)
     B, C, K = 4, 9, 3
     sizes = [C, *hidden, K]
@@ -146,13 +209,19 @@ def test_train_step_gradients_of_the_whole_model_match_finite_differences(hidden
     state = training_state(ops, params, B)
     weights, biases = state.params
 
+    hyper = Hyper(optimizer=SGD, dropout=dropout, dropout_seed=11)
+    number = 5
+
     def loss():
-        acts = tuple(np.empty((B, s)) for s in sizes)
-        acts[0][:] = images
-        ops.forward(acts, state.params)
+        acts = [images] + [np.empty((B, s)) for s in sizes[1:]]
+        for l in range(len(weights)):
+            ops.linear_forward(acts[l + 1], acts[l], weights[l], biases[l])
+            if l < len(weights) - 1:
+                ops.relu_forward(acts[l + 1], acts[l + 1])
+                ops.dropout_forward(acts[l + 1], acts[l + 1], hyper.dropout_seed, number, l, dropout)
         return ops.softmax_cross_entropy(np.empty((B, K)), acts[-1], labels)
 
-    value, _ = ops.train_step(*state, Data(images, labels, 1.0), np.arange(B), 0.0, Hyper(0.0, 0.0))
+    value, _ = ops.train_step(*state, Data(images, labels, 1.0), np.arange(B), 0.0, number, hyper)
     assert value == pytest.approx(loss(), rel=1e-12)
     for w, dw, b, db in zip(weights, state.grads.weights, biases, state.grads.biases):
         np.testing.assert_allclose(dw, numerical_gradient(loss, w), rtol=1e-6, atol=1e-8)

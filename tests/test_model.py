@@ -80,12 +80,21 @@ def stop_after(epoch):
     return on_epoch
 
 
+# the optimizers' state, dropout's step numbers and early stopping's best weights must all resume
+RESUMED_RUNS = {"sgd": dict(lr=0.05, momentum=0.9, weight_decay=1e-3),
+                "adam+dropout": dict(optimizer="adam", lr=2e-3, weight_decay=1e-4, dropout=0.3),
+                "adamw+max-norm+early stopping": dict(optimizer="adamw", lr=2e-3, weight_decay=1e-2, max_norm=1.0,
+                                                      early_stopping=3)}
+
+
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
-def test_an_interrupted_fit_finishes_bitwise_as_if_never_stopped(mnist, tmp_path, backend):
-    """Momentum, the cosine schedule, the shuffles and a validation split: all continue where they were."""
+@pytest.mark.parametrize("run", RESUMED_RUNS)
+def test_an_interrupted_fit_finishes_bitwise_as_if_never_stopped(mnist, tmp_path, backend, run):
+    """The optimizer's state, the cosine schedule, the shuffles, the dropout masks and a validation
+    split: all continue where they were."""
     X, y = mnist.train_images[:1000], mnist.train_labels[:1000]
-    params = dict(hidden=(32, 16), epochs=4, lr=0.05, momentum=0.9, weight_decay=1e-3, schedule="cosine",
-                  validation_fraction=0.1, batch_size=64, backend=backend)
+    params = dict(hidden=(32, 16), epochs=4, schedule="cosine", validation_fraction=0.1, batch_size=64,
+                  backend=backend, **RESUMED_RUNS[run])
     straight = MLP(**params).fit(X, y)
     stopped = MLP(**params)
     with pytest.raises(Interrupt):
@@ -186,6 +195,14 @@ def test_load_keeps_counting_the_epochs_of_the_history_beside_the_weights(mnist,
     ({"batch_size": 0}, "The 'batch_size' parameter of MLP must be an int >= 1"),
     ({"seed": -1}, "The 'seed' parameter of MLP must be an int >= 0. Got -1 instead."),
     ({"seed": 1.5}, "The 'seed' parameter of MLP must be an int >= 0. Got 1.5 instead."),
+    ({"optimizer": "rmsprop"}, "The 'optimizer' parameter of MLP must be one of ['sgd', 'adam', 'adamw']"),
+    ({"dropout": 1.0}, "The 'dropout' parameter of MLP must be a float in [0, 1). Got 1.0"),
+    ({"beta2": -0.1}, "The 'beta2' parameter of MLP must be a float in [0, 1)"),
+    ({"eps": 0}, "The 'eps' parameter of MLP must be a float > 0"),
+    ({"max_norm": -1}, "The 'max_norm' parameter of MLP must be a float >= 0"),
+    ({"early_stopping": 2.5}, "The 'early_stopping' parameter of MLP must be an int >= 0"),
+    ({"early_stopping": 3}, "early_stopping watches the validation accuracy: set validation_fraction"),
+    ({"epochs": True}, "The 'epochs' parameter of MLP must be an int >= 1. Got True"),
 ])
 def test_parameter_errors_follow_one_template(params, message):
     with pytest.raises(FastnnError) as e:
@@ -252,3 +269,57 @@ def test_diverging_learning_rate_stops_with_a_clear_message(mnist, backend):
         model = MLP(hidden=(16,), epochs=1, backend=backend).fit(X, y)  # weights broken by hand: NaN reaches the loss
         model.coefs_[0][0, :] = np.nan
         model.fit(X.astype(np.float32) + 1, y, warm_start=True)
+
+
+def test_early_stopping_stops_keeps_the_best_weights_and_says_why(mnist):
+    """A learning rate that overshoots after a few epochs: the validation accuracy stops improving."""
+    X, y = mnist.train_images[:1500], mnist.train_labels[:1500]
+    kept = {}
+
+    def remember(record):  # the weights of every epoch, before early stopping picks one
+        kept[record["epoch"]] = [w.copy() for w in model.coefs_]
+
+    model = MLP(hidden=(32,), epochs=40, lr=0.5, momentum=0.9, validation_fraction=0.2, early_stopping=2, seed=3)
+    model.fit(X, y, on_epoch=remember)
+    history = model.history_
+    note = history[-1]["early_stopping"]
+    best = max(history, key=lambda r: r["val_accuracy"])
+    assert note["stopped"] and len(history) < 40 and len(history) == best["epoch"] + 2
+    assert note["best_epoch"] == best["epoch"] and note["best_val_accuracy"] == best["val_accuracy"]
+    assert f"stopped after epoch {len(history)} of 40" in note["reason"]
+    assert all("early_stopping" not in r for r in history[:-1])
+    for got, want in zip(model.coefs_, kept[best["epoch"]] if best["epoch"] < len(history) else kept[len(history)]):
+        np.testing.assert_array_equal(got, want)
+    assert model.run_state_.finished and model.run_state_.best is None
+    assert model.score(X[:300], y[:300]) >= 0  # the kept weights predict
+
+
+def test_early_stopping_that_never_triggers_still_keeps_the_best_epoch(mnist):
+    X, y = mnist.train_images[:1000], mnist.train_labels[:1000]
+    model = MLP(hidden=(16,), epochs=3, lr=0.05, validation_fraction=0.2, early_stopping=5).fit(X, y)
+    note = model.history_[-1]["early_stopping"]
+    assert not note["stopped"] and "ran every epoch" in note["reason"]
+    assert len(model.history_) == 3
+
+
+def test_validation_loss_is_the_cross_entropy_of_the_held_out_rows(mnist):
+    X, y = mnist.train_images[:600], mnist.train_labels[:600]
+    model = MLP(hidden=(16,), epochs=2, validation_fraction=0.25, shuffle=False).fit(X, y)
+    record = model.history_[-1]
+    val_rows = np.random.default_rng([model.seed, 0]).permutation(len(X))[:150]  # fit's split of a first run
+    probs = model.predict_proba(X[val_rows])
+    assert record["val_loss"] == pytest.approx(-np.mean(np.log(probs[np.arange(150), y[val_rows]])), rel=1e-5)
+    assert record["val_accuracy"] == model.score(X[val_rows], y[val_rows])
+    assert MLP(hidden=(16,), epochs=1).fit(X, y).history_[0]["val_loss"] is None
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_adam_dropout_and_max_norm_train_and_dropout_is_off_at_inference(mnist, backend):
+    X, y = mnist.train_images[:2000], mnist.train_labels[:2000]
+    model = MLP(hidden=(64, 32), epochs=3, optimizer="adamw", lr=3e-3, weight_decay=1e-2, dropout=0.3,
+                max_norm=2.0, batch_size=64, backend=backend).fit(X, y)
+    assert model.history_[-1]["train_accuracy"] > 0.7  # measured with dropout on: below the test accuracy
+    assert model.score(mnist.test_images[:1000], mnist.test_labels[:1000]) > 0.8  # measured: 0.84
+    np.testing.assert_array_equal(model.predict_proba(X[:50]), model.predict_proba(X[:50]))  # no masks at inference
+    for w in model.coefs_:  # every unit's incoming weights within the limit (to float32 rounding)
+        assert np.sqrt((w.astype(np.float64) ** 2).sum(axis=0)).max() <= 2.0 * (1 + 1e-6)

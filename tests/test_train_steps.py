@@ -13,10 +13,15 @@ import pytest
 from fastnn import ops as reference
 from fastnn.backends import get_backend
 from fastnn.fileio import FastnnError
-from fastnn.step import Data, Hyper, Steps, first_rows, to_host, training_state
+from fastnn.step import ADAM, ADAMW, Data, Hyper, Steps, first_rows, to_host, training_state
 from tests.helpers import DTYPES, TOLERANCES, arrays, assert_same, network, skip_if_slow
 
 HYPER = Hyper(momentum=0.9, weight_decay=1e-4)
+# every optimizer and regulariser a step can run: each fast backend must follow the reference in all
+HYPERS = {"sgd": HYPER,
+          "adam+dropout": Hyper(weight_decay=1e-4, optimizer=ADAM, dropout=0.3, dropout_seed=7),
+          "adamw+max_norm": Hyper(weight_decay=1e-2, optimizer=ADAMW, max_norm=0.7),
+          "sgd+dropout+max_norm": Hyper(momentum=0.9, dropout=0.5, dropout_seed=3, max_norm=0.5)}
 B = 16  # rows per full batch; the calls below also run batches of 9 and 3 rows
 
 
@@ -36,30 +41,33 @@ def for_network(batches, sizes):
     return Data(images, data.labels[:200] % sizes[-1], data.scale), [rows % 200 for rows in calls]
 
 
-def train(ops, sizes, dtype, data, calls, train_steps=None):
+def train(ops, sizes, dtype, data, calls, train_steps=None, hyper=HYPER):
     """Run train_steps on a fresh network, call by call; returns ([losses], [n_correct], final TrainingState)."""
     state = training_state(ops, network(sizes, dtype), B)
     data = ops.prepare_data(data.images, data.labels, data.scale)
     losses, n_correct = [], []
+    lr = 0.1 if hyper.optimizer not in (ADAM, ADAMW) else 1e-3
     for rows in calls:
         buffers = first_rows(state.buffers, rows.shape[1])
-        lrs = np.linspace(0.1, 0.05, len(rows))
-        steps = Steps(ops.to_device(rows), ops.to_device(lrs))
+        lrs = np.linspace(lr, lr / 2, len(rows))
+        numbers = np.arange(len(losses) + 1, len(losses) + 1 + len(rows))
+        steps = Steps(ops.to_device(rows), ops.to_device(lrs), ops.to_device(numbers))
         call_losses, call_correct = (train_steps or ops.train_steps)(*state._replace(buffers=buffers), data, steps,
-                                                                     HYPER)
+                                                                     hyper)
         losses += [float(x) for x in call_losses]
         n_correct += [int(x) for x in call_correct]
     return losses, n_correct, state
 
 
-def assert_steps_match(ops, sizes, dtype, batches, train_steps=None):
-    want_losses, want_correct, want = train(reference, sizes, dtype, *batches)
-    got_losses, got_correct, got = train(ops, sizes, dtype, *batches, train_steps=train_steps)
+def assert_steps_match(ops, sizes, dtype, batches, train_steps=None, hyper=HYPER):
+    want_losses, want_correct, want = train(reference, sizes, dtype, *batches, hyper=hyper)
+    got_losses, got_correct, got = train(ops, sizes, dtype, *batches, train_steps=train_steps, hyper=hyper)
     tol = TOLERANCES[dtype]
     assert_same(got_losses, want_losses, tol["softmax"], "losses")
     assert got_correct == want_correct
     for name, got_layers, want_layers in (("params", got.params, want.params),
-                                          ("velocity", got.optimizer.velocity, want.optimizer.velocity)):
+                                          ("velocity", got.optimizer.velocity, want.optimizer.velocity),
+                                          ("second", got.optimizer.second, want.optimizer.second)):
         for g, w in zip(arrays(to_host(ops, got_layers)), arrays(want_layers)):
             assert_same(g, w, tol["matmul"], name)
 
@@ -71,6 +79,14 @@ def test_train_steps_match_the_reference(backend, batches, sizes, dtype):
     assert_steps_match(backend, sizes, dtype, for_network(batches, sizes))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sizes", [(784, 10), (784, 128, 10), (784, 64, 32, 10), (20, 16, 12, 10)])
+@pytest.mark.parametrize("name", [name for name in HYPERS if name != "sgd"])
+def test_adam_dropout_and_max_norm_steps_match_the_reference(backend, batches, name, sizes, dtype):
+    skip_if_slow(backend, B * sum(a * b for a, b in zip(sizes, sizes[1:])))
+    assert_steps_match(backend, sizes, dtype, for_network(batches, sizes), hyper=HYPERS[name])
+
+
 def test_train_step_returns_python_numbers_like_the_reference(batches):
     """One step alone, as the reference defines it: (loss float, n_correct int)."""
     from kernels import cpu
@@ -79,30 +95,32 @@ def test_train_step_returns_python_numbers_like_the_reference(batches):
     results = []
     for ops in (reference, cpu):
         state = training_state(ops, network((784, 32, 10), np.float32), B)
-        results.append(ops.train_step(*state, ops.prepare_data(*data), calls[0][0], 0.1, HYPER))
+        results.append(ops.train_step(*state, ops.prepare_data(*data), calls[0][0], 0.1, 1, HYPER))
     (want_loss, want_correct), (got_loss, got_correct) = results
     assert isinstance(got_loss, float) and isinstance(got_correct, int)
     assert got_loss == pytest.approx(want_loss, rel=1e-5) and got_correct == want_correct
 
 
-def numba_weights(batches, threads):
+def numba_weights(batches, threads, hyper):
     from kernels import cpu
 
     previous = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
-        _, _, state = train(cpu, (784, 128, 64, 10), np.float32, *batches)
+        _, _, state = train(cpu, (784, 128, 64, 10), np.float32, *batches, hyper=hyper)
     finally:
         numba.set_num_threads(previous)
-    return list(arrays(state.params))
+    return list(arrays(state.params)) + list(arrays(state.optimizer))
 
 
-def test_numba_train_steps_are_bitwise_deterministic_for_any_thread_count(batches):
-    first = numba_weights(batches, numba.config.NUMBA_NUM_THREADS)
+@pytest.mark.parametrize("name", HYPERS)
+def test_numba_train_steps_are_bitwise_deterministic_for_any_thread_count(batches, name):
+    """The same bits at 1, 2 and 3 threads (as many as numba was started with), dropout included."""
+    first = numba_weights(batches, numba.config.NUMBA_NUM_THREADS, HYPERS[name])
     for threads in (numba.config.NUMBA_NUM_THREADS, 1, 2, 3):
         if threads > numba.config.NUMBA_NUM_THREADS:
             continue  # numba cannot start more threads than it was launched with
-        for a, b in zip(first, numba_weights(batches, threads)):
+        for a, b in zip(first, numba_weights(batches, threads, HYPERS[name])):
             np.testing.assert_array_equal(a, b)
 
 
@@ -115,7 +133,7 @@ def test_numba_nan_in_the_input_makes_the_loss_nan(batches):
     rows = (calls[0] % 1000)[:1]
     state = training_state(cpu, network((784, 32, 10), np.float32), B)
     losses, _ = cpu.train_steps(*state, cpu.prepare_data(images, data.labels[:1000], 1.0),
-                                Steps(rows, np.array([0.1])), HYPER)
+                                Steps(rows, np.array([0.1]), np.array([1])), HYPER)
     assert math.isnan(losses[0])
 
 
@@ -126,7 +144,7 @@ def test_numba_refuses_a_scratch_too_small(batches):
     state = training_state(cpu, network((784, 32, 10), np.float32), B)
     small = state.buffers._replace(scratch=np.empty(1, np.float32))
     with pytest.raises(ValueError, match="scratch is smaller"):
-        cpu.train_steps(*state._replace(buffers=small), cpu.prepare_data(*data), Steps(calls[0], np.full(2, 0.1)),
+        cpu.train_steps(*state._replace(buffers=small), cpu.prepare_data(*data), Steps(calls[0], np.full(2, 0.1), np.arange(1, 3)),
                         HYPER)
 
 
@@ -142,4 +160,5 @@ def test_cuda_persistent_kernel_follows_the_reference(batches, sizes, dtype):
         pytest.skip(str(e))
     skip_if_slow(kc, B * sum(a * b for a, b in zip(sizes, sizes[1:])))
     assert kc.train_steps is kc.TRAIN_STEPS[1]
-    assert_steps_match(kc, sizes, dtype, for_network(batches, sizes), train_steps=kc.TRAIN_STEPS[2])
+    for hyper in HYPERS.values():
+        assert_steps_match(kc, sizes, dtype, for_network(batches, sizes), train_steps=kc.TRAIN_STEPS[2], hyper=hyper)

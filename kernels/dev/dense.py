@@ -19,7 +19,7 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from fastnn.step import Hyper, Layers, OptimizerState
+from fastnn.step import Hyper, Layers, new_optimizer_state
 from kernels import cpu
 
 SHAPES = ((128, 512, 256), (256, 1024, 1024))  # (B, C, OC): the default preset's hidden layer, the large one
@@ -62,23 +62,24 @@ def run(B, C, OC):
     # a one-layer-deep network around the layer, as _dense_update takes it (layer 0, SGD with lr 0)
     params = Layers((weight.copy(), weight[:, :10].copy()), (bias.copy(), bias[:10].copy()))
     grads = Layers((dweight, dweight[:, :10].copy()), (bias.copy(), bias[:10].copy()))
-    optimizer = OptimizerState(Layers((np.zeros_like(weight), np.zeros((C, 10), np.float32)),
-                                      (np.zeros_like(bias), np.zeros(10, np.float32))))
+    optimizer = new_optimizer_state(params)
     hyper = Hyper(0.9, 0.0)
+    no_dropout = cpu._dropout_key(0, 0, 0, 0.0, np.float32)
     with threadpool_limits(1, user_api="blas"):
-        cpu._dense_forward(out, out_t, inp, weight_t, bias, 0.0)
+        cpu._dense_forward(out, out_t, inp, weight_t, bias, 0.0, no_dropout)
         np.testing.assert_allclose(out, np.maximum(inp @ weight + bias, 0), rtol=1e-4, atol=1e-4)
         np.testing.assert_array_equal(out_t, out.T)
-        cpu._dense_backward_input(dinp, dinp_t, dout, weight, inp)
+        cpu._dense_backward_input(dinp, dinp_t, dout, weight, inp, np.float32(1))
         np.testing.assert_allclose(dinp, (dout @ weight.T) * (inp > 0), rtol=1e-4, atol=1e-4)
-        cpu._dense_update(0, params, grads, optimizer, weight_t.copy(), inp_t, dout_t, 0.0, hyper)
+        cpu._dense_update(0, params, grads, optimizer, weight_t.copy(), inp_t, dout_t, 0.0, 1, hyper)
         np.testing.assert_allclose(dweight, inp.T @ dout, rtol=1e-4, atol=1e-3)
         print(f"B={B} C={C} OC={OC} float32: all results match. Starting benchmarks.")
         numba_ = {
-            "forward": median_seconds(lambda: cpu._dense_forward(out, out_t, inp, weight_t, bias, 0.0)),
-            "input gradient": median_seconds(lambda: cpu._dense_backward_input(dinp, dinp_t, dout, weight, inp)),
+            "forward": median_seconds(lambda: cpu._dense_forward(out, out_t, inp, weight_t, bias, 0.0, no_dropout)),
+            "input gradient": median_seconds(lambda: cpu._dense_backward_input(dinp, dinp_t, dout, weight, inp,
+                                                                              np.float32(1))),
             "weight update": median_seconds(lambda: cpu._dense_update(0, params, grads, optimizer, weight_t, inp_t,
-                                                                     dout_t, 0.0, hyper)),
+                                                                     dout_t, 0.0, 1, hyper)),
         }
     print(f"{'kernel':>16} {'numba us':>9} {'GFLOP/s':>8} {'BLAS us':>9} {'GFLOP/s':>8} {'numba/BLAS':>10}")
     for name in blas:
