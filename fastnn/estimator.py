@@ -46,12 +46,12 @@ class FastnnClassifier(ClassifierMixin, BaseEstimator, MLP):
     # few dozen steps, too few, and SGD at 0.01 diverges on unscaled features (load_wine, load_breast_cancer;
     # check_estimator's features near 100). Adam's steps stay near lr whatever the scale of the features.
     def __init__(self, hidden=(128,), backend="numpy", optimizer="adam", lr=1e-3, momentum=0.0, weight_decay=0.0,
-                 beta1=0.9, beta2=0.999, eps=1e-8, dropout=0.0, max_norm=0.0, batch_size=64, epochs=200,
-                 schedule="constant", validation_fraction=0.0, early_stopping=0, shuffle=True, dtype="float32",
-                 seed=42):
+                 beta1=0.9, beta2=0.999, eps=1e-8, dropout=0.0, input_dropout=0.0, max_norm=0.0, batch_size=64,
+                 epochs=200, schedule="constant", validation_fraction=0.0, early_stopping=0, shuffle=True,
+                 dtype="float32", seed=42):
         super().__init__(hidden, backend, optimizer, lr, momentum, weight_decay, beta1, beta2, eps, dropout,
-                         max_norm, batch_size, epochs, schedule, validation_fraction, early_stopping, shuffle,
-                         dtype, seed)
+                         input_dropout, max_norm, batch_size, epochs, schedule, validation_fraction, early_stopping,
+                         shuffle, dtype, seed)
 
     @property
     def classes_(self):

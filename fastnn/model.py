@@ -50,6 +50,7 @@ class MLP:
     beta1, beta2, eps : Adam's decay rates of its two moment estimates, and the term that keeps its
         division finite.
     dropout : float in [0, 1), the rate of inverted dropout on every hidden layer's output in training.
+    input_dropout : float in [0, 1), the rate of inverted dropout on the input features in training.
     max_norm : float >= 0, the largest L2 norm of a unit's incoming weights, enforced after every
         update; 0 = no limit.
     batch_size, epochs : int.
@@ -73,9 +74,9 @@ class MLP:
     """
 
     def __init__(self, hidden=(128,), backend="numpy", optimizer="sgd", lr=0.01, momentum=0.0, weight_decay=0.0,
-                 beta1=0.9, beta2=0.999, eps=1e-8, dropout=0.0, max_norm=0.0, batch_size=64, epochs=10,
-                 schedule="constant", validation_fraction=0.0, early_stopping=0, shuffle=True, dtype="float32",
-                 seed=42):
+                 beta1=0.9, beta2=0.999, eps=1e-8, dropout=0.0, input_dropout=0.0, max_norm=0.0, batch_size=64,
+                 epochs=10, schedule="constant", validation_fraction=0.0, early_stopping=0, shuffle=True,
+                 dtype="float32", seed=42):
         self.hidden = hidden
         self.backend = backend
         self.optimizer = optimizer
@@ -86,6 +87,7 @@ class MLP:
         self.beta2 = beta2
         self.eps = eps
         self.dropout = dropout
+        self.input_dropout = input_dropout
         self.max_norm = max_norm
         self.batch_size = batch_size
         self.epochs = epochs
@@ -137,7 +139,7 @@ class MLP:
             value = getattr(self, name)
             if not (_is_real(value) and 0 < value < math.inf):
                 raise _param_error(name, "a float > 0", value)
-        for name in ("momentum", "beta1", "beta2", "dropout", "validation_fraction"):
+        for name in ("momentum", "beta1", "beta2", "dropout", "input_dropout", "validation_fraction"):
             value = getattr(self, name)
             if not (_is_real(value) and 0 <= value < 1):
                 raise _param_error(name, "a float in [0, 1)", value)
@@ -247,7 +249,7 @@ class MLP:
         # the dropout masks' seed: another run of the same model (a warm start) draws other masks
         dropout_seed = int(hash32(hash32(self.seed & 0xFFFFFFFF) ^ first_epoch))
         hyper = Hyper(self.momentum, self.weight_decay, OPTIMIZERS[self.optimizer], self.beta1, self.beta2, self.eps,
-                      self.dropout, dropout_seed, self.max_norm)
+                      self.dropout, dropout_seed, self.max_norm, self.input_dropout)
         loop = training.Settings(self.batch_size, self.epochs, self.lr, self.schedule, hyper, self.shuffle)
         data = ops.prepare_data(X, y, scale)
         for epoch in training.fit(ops, self._params(), data, train_rows, loop, rng, first_epoch, progress,
@@ -291,7 +293,8 @@ class MLP:
 
     def _run_settings(self, X, y):
         """What a run's trajectory depends on besides the weights: checked before finishing a run."""
-        names = ("optimizer", "lr", "momentum", "weight_decay", "beta1", "beta2", "eps", "dropout", "max_norm",
+        names = ("optimizer", "lr", "momentum", "weight_decay", "beta1", "beta2", "eps", "dropout", "input_dropout",
+                 "max_norm",
                  "batch_size", "epochs", "schedule", "validation_fraction", "early_stopping", "shuffle", "seed",
                  "dtype")
         # plain Python numbers (a GridSearchCV may set NumPy ones): the settings are stored as JSON

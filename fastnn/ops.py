@@ -193,7 +193,7 @@ def dropout_threshold(rate):
 
 
 def dropout_keep(rows, units, seed, step, layer, rate):
-    """keep (rows, units) bool: which outputs of hidden layer `layer` (0-based) inverted dropout keeps
+    """keep (rows, units) bool: which units of activation `layer` (acts[layer]: 0 the input) inverted dropout keeps
     at step `step` of a run seeded `seed`: hash32(row_key(b) ^ j) >> 8 >= dropout_threshold(rate),
     row_key(b) = hash32(hash32(hash32(hash32(seed) ^ step) ^ layer) ^ b). Seed and step count
     modulo 2^32 (a run of 4e9 steps would see its masks again)."""
@@ -231,7 +231,8 @@ def forward(acts, params):
 
 def train_step(params, grads, optimizer, buffers, data, indices, lr, number, hyper):
     """One mini-batch on rows `indices` (B,), step `number` (1, 2, ...) of the run: gather, forward
-    (with dropout if hyper.dropout), loss, backward, update (hyper.optimizer), max-norm (if hyper.max_norm).
+    (with dropout if hyper.input_dropout or hyper.dropout), loss, backward, update (hyper.optimizer),
+    max-norm (if hyper.max_norm).
 
     Returns (mean loss, number of rows whose largest logit is the target), both measured before the
     update. The bundles are fastnn/step.py's; buffers are views sized to this batch.
@@ -240,10 +241,12 @@ def train_step(params, grads, optimizer, buffers, data, indices, lr, number, hyp
     acts, douts, targets = buffers.acts, buffers.douts, buffers.targets
     L = len(weights)
     gather_batch(acts[0], targets, data, indices)  # (B, C_0), (B,)
+    if hyper.input_dropout:  # the first weight's gradient then sees the dropped pixels, as it should
+        dropout_forward(acts[0], acts[0], hyper.dropout_seed, number, 0, hyper.input_dropout)
     for l in range(L - 1):
         linear_relu_forward(acts[l + 1], acts[l], weights[l], biases[l])  # (B, C_l+1)
         if hyper.dropout:
-            dropout_forward(acts[l + 1], acts[l + 1], hyper.dropout_seed, number, l, hyper.dropout)
+            dropout_forward(acts[l + 1], acts[l + 1], hyper.dropout_seed, number, l + 1, hyper.dropout)
     linear_forward(acts[L], acts[L - 1], weights[L - 1], biases[L - 1])  # logits (B, K)
     n_correct = int(np.sum(acts[L].argmax(axis=1) == targets))
     loss = softmax_cross_entropy(douts[L - 1], acts[L], targets)  # (B, K)

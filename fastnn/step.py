@@ -67,8 +67,9 @@ class Hyper(NamedTuple):
     optimizer SGD: g = grad + weight_decay * param; velocity = momentum * velocity + g; param -= lr * velocity
     (PyTorch's SGD). ADAM: Kingma & Ba's Adam on g, with beta1, beta2, eps (PyTorch's Adam). ADAMW: Adam
     on the bare gradient and param *= 1 - lr * weight_decay first: decoupled weight decay (Loshchilov &
-    Hutter; PyTorch's AdamW). dropout: the rate of inverted dropout on every hidden layer's output, masks
-    drawn from (dropout_seed, step number, layer, row, unit) (ops.dropout_keep). max_norm: after each
+    Hutter; PyTorch's AdamW). dropout, input_dropout: the rates of inverted dropout on every hidden
+    layer's output and on the input pixels, masks drawn from (dropout_seed, step number, l, row, unit)
+    for acts[l] (ops.dropout_keep): l = 0 the input, l = 1.. the hidden layers. max_norm: after each
     update, scale every unit's incoming weights (a column of a weight) down to at most this L2 norm; 0: off.
     """
     momentum: float = 0.0
@@ -80,6 +81,7 @@ class Hyper(NamedTuple):
     dropout: float = 0.0
     dropout_seed: int = 0
     max_norm: float = 0.0
+    input_dropout: float = 0.0
 
 
 class TrainingState(NamedTuple):

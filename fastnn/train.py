@@ -76,6 +76,7 @@ def build_parser():
     parser.add_argument("--beta2", type=float, help="Adam's second-moment decay (default 0.999)")
     parser.add_argument("--eps", type=float, help="Adam's epsilon (default 1e-8)")
     parser.add_argument("--dropout", type=float, metavar="RATE", help="dropout rate on the hidden layers (0: none)")
+    parser.add_argument("--input-dropout", type=float, metavar="RATE", help="dropout rate on the input pixels (0: none)")
     parser.add_argument("--max-norm", type=float, metavar="NORM",
                         help="largest L2 norm of each unit's incoming weights (0: no limit)")
     parser.add_argument("--schedule", choices=SCHEDULES)

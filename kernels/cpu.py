@@ -792,24 +792,38 @@ def forward(acts, params):
 
 # ---- a sparse first layer -------------------------------------------------------------------------
 @njit(fastmath=FASTMATH, cache=True)
-def _sparse_row_forward(out, block_start, b, weight, bias, start, end, columns, values, scale, drop):
+def _pixel(values, columns, p, scale, dtype, b, drop_in):
+    """Non-zero p's value as gather_batch makes it (the product in float64, rounded once), after
+    input dropout under drop_in (a _dropout_key) for sample b: dropped, it is 0."""
+    x = dtype(values[p] * scale)
+    key, threshold, keep_scale = drop_in
+    if threshold == 0:
+        return x
+    keep = (_hash32(_hash32(key ^ uint64(b)) ^ uint64(columns[p])) >> uint64(8)) >= threshold
+    return x * keep_scale if keep else dtype(0)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _sparse_row_forward(out, block_start, b, weight, bias, start, end, columns, values, scale, drop_in, drop):
     """out[b] = relu(x @ weight + bias) for the image whose non-zeros are columns and values
-    [start:end]: the weight rows of its non-zero pixels, four per pass, so that each load and store
-    of out[b] feeds four FMAs. block_start[b, t]: where its non-zeros reach pixel t * PIXEL_BLOCK."""
+    [start:end], after input dropout (drop_in) and then dropout (drop): the weight rows of its
+    non-zero pixels, four per pass, so that each load and store of out[b] feeds four FMAs.
+    block_start[b, t]: where its non-zeros reach pixel t * PIXEL_BLOCK."""
     OC, dtype = out.shape[1], out.dtype.type
     for j in range(OC):
         out[b, j] = bias[j]
     p = start
     while p + 4 <= end:
-        # a pixel's value as gather_batch makes it: the product in float64, rounded once
-        x0, x1 = dtype(values[p] * scale), dtype(values[p + 1] * scale)
-        x2, x3 = dtype(values[p + 2] * scale), dtype(values[p + 3] * scale)
+        x0, x1 = _pixel(values, columns, p, scale, dtype, b, drop_in), _pixel(values, columns, p + 1, scale, dtype, b,
+                                                                              drop_in)
+        x2, x3 = _pixel(values, columns, p + 2, scale, dtype, b, drop_in), _pixel(values, columns, p + 3, scale, dtype,
+                                                                                  b, drop_in)
         k0, k1, k2, k3 = columns[p], columns[p + 1], columns[p + 2], columns[p + 3]
         for j in range(OC):
             out[b, j] = out[b, j] + x0 * weight[k0, j] + x1 * weight[k1, j] + x2 * weight[k2, j] + x3 * weight[k3, j]
         p += 4
     for q in range(p, end):
-        x, k = dtype(values[q] * scale), columns[q]
+        x, k = _pixel(values, columns, q, scale, dtype, b, drop_in), columns[q]
         for j in range(OC):
             out[b, j] += x * weight[k, j]
     for j in range(OC):
@@ -824,7 +838,7 @@ def _sparse_row_forward(out, block_start, b, weight, bias, start, end, columns, 
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _sparse_forward(out, out_t, targets, block_start, data, indices, weight, bias, drop):
+def _sparse_forward(out, out_t, targets, block_start, data, indices, weight, bias, drop_in, drop):
     """out (B, OC) = relu(images[indices] * scale @ weight (C, OC) + bias) from the CSR non-zeros, and
     out_t (OC, B) = out.T; targets (B,) = labels[indices]; block_start (B, blocks + 1): where each
     sample's non-zeros reach pixel block t (for _sparse_update)."""
@@ -840,17 +854,18 @@ def _sparse_forward(out, out_t, targets, block_start, data, indices, weight, bia
             row = indices[b]
             targets[b] = labels[row]
             _sparse_row_forward(out, block_start, b, weight, bias, row_start[row], row_start[row + 1], columns,
-                                values, scale, drop)  # (OC,)
+                                values, scale, drop_in, drop)  # (OC,)
         _store_t(out_t, out, b0, b1, 0, out.shape[1])
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _sparse_update(params, grads, optimizer, data, block_start, dout, lr, number, hyper):
+def _sparse_update(params, grads, optimizer, data, block_start, dout, lr, number, hyper, drop_in):
     """The first layer's dweight = images[indices].T @ dout over the non-zeros, then the update, row by row.
 
     Each task takes PIXEL_BLOCK rows and the batch's samples in order, so each row's sum runs in the
     same order whatever the thread count: for each non-zero pixel of a sample, that sample's row of
-    dout into the pixel's row of dweight. A row no image of the batch touches has a zero gradient:
+    dout into the pixel's row of dweight, the pixel as the forward saw it (drop_in: input dropout).
+    A row no image of the batch touches has a zero gradient:
     plain SGD leaves it alone; momentum, weight decay and Adam still move it.
     """
     weight, dweight, m, v = params.weights[0], grads.weights[0], optimizer.velocity.weights[0], optimizer.second.weights[0]
@@ -862,7 +877,7 @@ def _sparse_update(params, grads, optimizer, data, block_start, dout, lr, number
     # (and the first block the bias)
     for task in prange(_cdiv(C, PIXEL_BLOCK)):
         block = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
-        _sparse_update_rows(block, weight, dweight, m, v, columns, values, scale, block_start, dout, coef)
+        _sparse_update_rows(block, weight, dweight, m, v, columns, values, scale, block_start, dout, coef, drop_in)
         if block == 0:
             for j in range(OC):
                 dbias[j] = _column_sum(dout, j)
@@ -879,14 +894,14 @@ def _column_sum(x, j):
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _sparse_update_rows(block, weight, dweight, m, v, columns, values, scale, block_start, dout, coef):
+def _sparse_update_rows(block, weight, dweight, m, v, columns, values, scale, block_start, dout, coef, drop_in):
     """Rows block * PIXEL_BLOCK and on of _sparse_update."""
     (C, OC), dtype = weight.shape, weight.dtype.type
     k0, k1 = block * PIXEL_BLOCK, min(block * PIXEL_BLOCK + PIXEL_BLOCK, C)
     touched = 0  # bit k - k0: row k has a gradient
     for b in range(dout.shape[0]):
         for p in range(block_start[b, block], block_start[b, block + 1]):
-            k, x = columns[p], dtype(values[p] * scale)
+            k, x = columns[p], _pixel(values, columns, p, scale, dtype, b, drop_in)
             bit = np.int64(1) << (k - k0)
             if touched & bit:
                 for j in range(OC):
@@ -1067,17 +1082,20 @@ def train_steps(params, grads, optimizer, buffers, data, steps, hyper):
     step_losses, step_correct = np.empty(S), np.empty(S, np.int64)
     for s in range(S):
         indices, lr, number = steps.indices[s], steps.lrs[s], steps.numbers[s]
+        drop_in = _dropout_key(hyper.dropout_seed, number, 0, hyper.input_dropout, dtype)  # acts[0]: the pixels
         if sparse_first:
             _sparse_forward(acts[1], _transposes(scratch, weights, B, 1)[0], targets, block_start, data, indices,
-                            weights[0], biases[0],
-                            _dropout_key(hyper.dropout_seed, number, 0, hyper.dropout, dtype))  # (B, C_1)
+                            weights[0], biases[0], drop_in,
+                            _dropout_key(hyper.dropout_seed, number, 1, hyper.dropout, dtype))  # (B, C_1)
         else:
             gather_batch(acts[0], targets, data, indices)  # (B, C_0)
+            if hyper.input_dropout > 0:
+                _dropout_rows(acts[0], acts[0], drop_in)
             _transpose(_transposes(scratch, weights, B, 0)[0], acts[0])  # (C_0, B), for the first weight gradient
         for l in range(1 if sparse_first else 0, L - 1):
             _dense_forward(acts[l + 1], _transposes(scratch, weights, B, l + 1)[0], acts[l],
                            _weight_t(scratch, weights, l), biases[l], 0.0,
-                           _dropout_key(hyper.dropout_seed, number, l, hyper.dropout, dtype))  # (B, C_l+1)
+                           _dropout_key(hyper.dropout_seed, number, l + 1, hyper.dropout, dtype))  # (B, C_l+1)
         last_inp_t, dlogits_t = _transposes(scratch, weights, B, L - 1)
         below = max(L - 2, 0)
         dinp, dinp_t = douts[below][:rows], _transposes(scratch, weights, B, below)[1][:rows]
@@ -1090,7 +1108,7 @@ def train_steps(params, grads, optimizer, buffers, data, steps, hyper):
                      hyper)
         for l in range(L - 2, -1, -1):
             if l == 0 and sparse_first:
-                _sparse_update(params, grads, optimizer, data, block_start, douts[0], lr, number, hyper)
+                _sparse_update(params, grads, optimizer, data, block_start, douts[0], lr, number, hyper, drop_in)
             else:
                 inp_t, dout_t = _transposes(scratch, weights, B, l)
                 _dense_update(l, params, grads, optimizer, _weight_t(scratch, weights, l), inp_t, dout_t, lr, number,

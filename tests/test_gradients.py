@@ -195,8 +195,9 @@ def test_dropout_forward_scales_what_it_keeps():
     np.testing.assert_array_equal(out, np.where(keep, np.float32(3.0) * np.float32(1 / 0.75), 0))
 
 
-@pytest.mark.parametrize("hidden, dropout", [((6,), 0.0), ((5, 4), 0.0), ((6,), 0.5), ((5, 4), 0.3)])
-def test_train_step_gradients_of_the_whole_model_match_finite_differences(hidden, dropout):
+@pytest.mark.parametrize("hidden, dropout, input_dropout", [((6,), 0.0, 0.0), ((5, 4), 0.0, 0.0), ((6,), 0.5, 0.0),
+                                                            ((5, 4), 0.3, 0.2)])
+def test_train_step_gradients_of_the_whole_model_match_finite_differences(hidden, dropout, input_dropout):
     """lr = 0 leaves the weights alone, so train_step's gradients can be checked against the loss.
     The dropout masks are a function of (seed, step, layer, row, unit), not of the weights: with them
     drawn, the loss is a function of the weights like any other."""
@@ -209,16 +210,17 @@ def test_train_step_gradients_of_the_whole_model_match_finite_differences(hidden
     state = training_state(ops, params, B)
     weights, biases = state.params
 
-    hyper = Hyper(optimizer=SGD, dropout=dropout, dropout_seed=11)
+    hyper = Hyper(optimizer=SGD, dropout=dropout, dropout_seed=11, input_dropout=input_dropout)
     number = 5
 
     def loss():
-        acts = [images] + [np.empty((B, s)) for s in sizes[1:]]
+        acts = [images.copy()] + [np.empty((B, s)) for s in sizes[1:]]
+        ops.dropout_forward(acts[0], acts[0], hyper.dropout_seed, number, 0, input_dropout)
         for l in range(len(weights)):
             ops.linear_forward(acts[l + 1], acts[l], weights[l], biases[l])
             if l < len(weights) - 1:
                 ops.relu_forward(acts[l + 1], acts[l + 1])
-                ops.dropout_forward(acts[l + 1], acts[l + 1], hyper.dropout_seed, number, l, dropout)
+                ops.dropout_forward(acts[l + 1], acts[l + 1], hyper.dropout_seed, number, l + 1, dropout)
         return ops.softmax_cross_entropy(np.empty((B, K)), acts[-1], labels)
 
     value, _ = ops.train_step(*state, Data(images, labels, 1.0), np.arange(B), 0.0, number, hyper)

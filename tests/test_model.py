@@ -82,7 +82,7 @@ def stop_after(epoch):
 
 # the optimizers' state, dropout's step numbers and early stopping's best weights must all resume
 RESUMED_RUNS = {"sgd": dict(lr=0.05, momentum=0.9, weight_decay=1e-3),
-                "adam+dropout": dict(optimizer="adam", lr=2e-3, weight_decay=1e-4, dropout=0.3),
+                "adam+dropout": dict(optimizer="adam", lr=2e-3, weight_decay=1e-4, dropout=0.3, input_dropout=0.2),
                 "adamw+max-norm+early stopping": dict(optimizer="adamw", lr=2e-3, weight_decay=1e-2, max_norm=1.0,
                                                       early_stopping=3)}
 

@@ -19,7 +19,7 @@ from tests.helpers import DTYPES, TOLERANCES, arrays, assert_same, network, skip
 HYPER = Hyper(momentum=0.9, weight_decay=1e-4)
 # every optimizer and regulariser a step can run: each fast backend must follow the reference in all
 HYPERS = {"sgd": HYPER,
-          "adam+dropout": Hyper(weight_decay=1e-4, optimizer=ADAM, dropout=0.3, dropout_seed=7),
+          "adam+dropout": Hyper(weight_decay=1e-4, optimizer=ADAM, dropout=0.3, dropout_seed=7, input_dropout=0.2),
           "adamw+max_norm": Hyper(weight_decay=1e-2, optimizer=ADAMW, max_norm=0.7),
           "sgd+dropout+max_norm": Hyper(momentum=0.9, dropout=0.5, dropout_seed=3, max_norm=0.5)}
 B = 16  # rows per full batch; the calls below also run batches of 9 and 3 rows
