@@ -39,6 +39,27 @@ def test_train_prints_one_line_per_epoch_and_the_accuracy_last(tmp_path, capsys)
     assert lines[-1] == f"test accuracy: {metrics['test_accuracy']:.2%}"
 
 
+def test_adam_dropout_and_early_stopping_from_the_command_line(tmp_path, capsys):
+    """Every new flag reaches the model; the history and the figure carry the validation curves and
+    why the run stopped."""
+    metrics = train.main(["--limit", "1500", "--hidden", "32", "--epochs", "30", "--optimizer", "adamw", "--lr",
+                          "0.02", "--weight-decay", "0.01", "--dropout", "0.2", "--input-dropout", "0.1", "--max-norm",
+                          "4", "--validation", "0.2", "--early-stopping", "2", "--schedule", "constant",
+                          "--out", str(tmp_path)])
+    history = json.loads((tmp_path / "history.json").read_text())
+    config = history["config"]
+    assert (config["optimizer"], config["dropout"], config["input_dropout"], config["max_norm"],
+            config["early_stopping"]) == ("adamw", 0.2, 0.1, 4.0, 2)
+    epochs = history["epochs"]
+    assert all(e["val_loss"] > 0 and 0 < e["val_accuracy"] <= 1 for e in epochs)
+    note = epochs[-1]["early_stopping"]
+    assert note["stopped"] and len(epochs) < 30, "lr 0.02 with Adam should stop improving within 30 epochs"
+    out = capsys.readouterr().out.splitlines()
+    assert f"early stopping: {note['reason']}" in out
+    assert metrics["test_accuracy"] == epochs[-1]["test_accuracy"]  # the kept weights are what was saved and scored
+    assert (tmp_path / "loss_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_resuming_a_finished_run_trains_on_as_a_new_run_and_says_so(trained_run, tmp_path, capsys):
     out, _ = trained_run
     metrics = train.main(["--resume", str(out / "weights.npz"), "--limit", "300", "--epochs", "1",
@@ -116,6 +137,13 @@ def bad_files(tmp_path, trained_run):
     (["--out", "{file}"], "a_file.txt is a file: give a folder"),
     (["--out", "{file}/run"], "cannot write there (Not a directory)"),
     (["--dataset", "fashion-mnist", "--data-dir", "/nonexistent/dir/x"], "error: "),
+    (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
+    (["--dropout", "1"], "error: The 'dropout' parameter of MLP must be a float in [0, 1). Got 1.0 instead."),
+    (["--input-dropout", "-0.1"], "error: The 'input_dropout' parameter of MLP must be a float in [0, 1)"),
+    (["--max-norm", "-2"], "error: The 'max_norm' parameter of MLP must be a float >= 0. Got -2.0 instead."),
+    (["--early-stopping", "3"], "error: early_stopping watches the validation accuracy: set validation_fraction "
+                                "(say 0.1; --validation 0.1 on the command line)"),
+    (["--early-stopping", "-1", "--validation", "0.1"], "The 'early_stopping' parameter of MLP must be an int >= 0"),
 ])
 def test_bad_input_gives_one_clear_line(argv, message, bad_files, capsys, monkeypatch, tmp_path):
     import fastnn.data

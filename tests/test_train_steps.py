@@ -5,6 +5,9 @@ and the CUDA backend's two versions of the step.
     uv run pytest tests/test_train_steps.py -q
 """
 import math
+import os
+import subprocess
+import sys
 
 import numba
 import numpy as np
@@ -122,6 +125,18 @@ def test_numba_train_steps_are_bitwise_deterministic_for_any_thread_count(batche
             continue  # numba cannot start more threads than it was launched with
         for a, b in zip(first, numba_weights(batches, threads, HYPERS[name])):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS >= 3, reason="the test above runs 3 threads here")
+def test_numba_bitwise_determinism_holds_at_three_threads_on_a_smaller_machine():
+    """numba starts no more threads than NUMBA_NUM_THREADS (the core count): on a 2-core machine the
+    test above runs again in a process allowed 3."""
+    env = {**os.environ, "NUMBA_NUM_THREADS": "3"}
+    result = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k",
+                             "bitwise_deterministic_for_any_thread_count"], env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert f"{len(HYPERS)} passed" in result.stdout
 
 
 def test_numba_nan_in_the_input_makes_the_loss_nan(batches):
