@@ -2,36 +2,47 @@
 
     uv run python -m bench.gpu                 # on a machine with an NVIDIA GPU (and torch for its rows)
     uv run python -m bench.gpu --epochs 9      # median of 9 timed epochs instead of 5
+    uv run python -m bench.gpu --regime sgd --regime adam   # only these kinds of step (default: all)
     NUMBA_ENABLE_CUDASIM=1 uv run python -m bench.gpu --tiny   # no GPU needed: a few steps of a tiny
                                                # network in the CUDA simulator, to check the script runs
 
-Rows per config (784-128-10 batch 64, the seed; 784-512-10 batch 256): fastnn's cuda train steps
-version 1 (2L + 3 launches per step) and 2 (1 persistent launch per call of STEPS_PER_CALL steps),
-each through fastnn.training.Trainer.run_epoch, the loop MLP.fit runs, and torch with the same
-layers, initial weights and SGD: eager, and with the train step captured in a CUDA graph (the graph
-replays full batches only, so it skips the partial last batch: 32 of 60000 images). Every
-implementation runs one untimed warm-up epoch (compilation, cuBLAS heuristics), then --epochs
-epochs, each timed from a synchronised start to a synchronize(); the table shows the median. Run
-`uv run pytest tests/test_cuda_backend.py tests/test_train_steps.py` on the same GPU first: this
-script times, it does not check.
+Rows per config (bench/bench_train.py's CONFIGS) and kind of step (its REGIMES: the presets' SGD,
+Adam, dropout, max-norm): fastnn's cuda train steps version 1 (2L + 3 launches per step, one more
+with max-norm) and 2 (1 persistent launch per call of STEPS_PER_CALL steps), each through
+fastnn.training.Trainer.run_epoch, the loop MLP.fit runs, and torch with the same layers, initial
+weights, optimizer, dropout and max-norm: eager, and with the train step captured in a CUDA graph
+(the graph replays full batches only, so it skips the partial last batch: 32 of 60000 images).
+Adam runs at ADAM_LR: the presets' SGD rates would make it diverge, and the trainer stops a
+diverged run. Every implementation runs one untimed warm-up epoch (compilation, cuBLAS
+heuristics), then --epochs epochs, each timed from a synchronised start to a synchronize(); the
+table shows the median. Run `uv run pytest tests/test_cuda_backend.py tests/test_train_steps.py`
+on the same GPU first: this script times, it does not check.
 torch is not a dependency of fastnn: without it the torch rows are skipped with a message.
 """
 import argparse
+import itertools
 import statistics
 import time
 import types
 
 import numpy as np
 
-from bench.bench_train import CONFIGS
+from bench.bench_train import CONFIGS, REGIMES
 from bench.workload import SCALE, epoch_plan, mnist_data, preset_settings
 from fastnn.backends import get_backend
 from fastnn.cli import friendly_errors
-from fastnn.step import he_init
+from fastnn.step import ADAMW, SGD, he_init
 from fastnn.training import Trainer
 
 TINY = {"12-8-10 B=8": ((12, 8, 10), preset_settings("default", batch_size=8))}  # --tiny: 2 full steps, 1 partial
 TINY_ROWS = 20
+ADAM_LR = 1e-3  # Adam's usual rate (Kingma & Ba's default)
+
+
+def regime_settings(settings, regime):
+    """settings with the Hyper changes of REGIMES[regime], and ADAM_LR for an Adam step."""
+    hyper = settings.hyper._replace(**REGIMES[regime])
+    return settings._replace(hyper=hyper, lr=settings.lr if hyper.optimizer == SGD else ADAM_LR)
 
 
 def fastnn_rows(kc, sizes, settings, images, labels, epochs):
@@ -39,7 +50,7 @@ def fastnn_rows(kc, sizes, settings, images, labels, epochs):
     L, rng = len(sizes) - 1, np.random.default_rng(0)
     data = kc.prepare_data(*mnist_data(images, labels))
     rows = {}
-    for version, launches in ((1, f"{2 * L + 3}"), (2, "1 per call")):
+    for version, launches in ((1, f"{2 * L + 3 + bool(settings.hyper.max_norm)}"), (2, "1 per call")):
         # the backend with this version's train_steps in place of its default
         ops = types.SimpleNamespace(**{name: getattr(kc, name) for name in kc.__all__})
         ops.train_steps = kc.TRAIN_STEPS[version]
@@ -57,17 +68,20 @@ def torch_rows(sizes, settings, images, labels, epochs):
     import torch
 
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 math, as fastnn's kernels
-    B, lr, (momentum, weight_decay) = settings.batch_size, settings.lr, settings.hyper
+    B, lr, hyper = settings.batch_size, settings.lr, settings.hyper
     weights = he_init(sizes, np.float32, seed=42).weights  # the He init fastnn's rows start from
-    layers = []
-    for w in weights:
+    layers, linears = [], []
+    for l, w in enumerate(weights):
         linear = torch.nn.Linear(*w.shape)
         with torch.no_grad():
             linear.weight.copy_(torch.from_numpy(w.T.copy()))  # torch stores (OC, C)
             linear.bias.zero_()
-        layers += [linear, torch.nn.ReLU()]
-    model = torch.nn.Sequential(*layers[:-1]).cuda()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        linears.append(linear)
+        layers.append(linear)
+        if l < len(weights) - 1:  # a hidden layer: ReLU, then dropout as fastnn's; the logits have neither
+            layers += [torch.nn.ReLU()] + ([torch.nn.Dropout(hyper.dropout)] if hyper.dropout else [])
+    model = torch.nn.Sequential(*layers).cuda()
+    opt = torch_optimizer(torch, model.parameters(), lr, hyper)
     dev_images, dev_labels = torch.from_numpy(images).cuda(), torch.from_numpy(labels).cuda()
     N, rng = len(images), np.random.default_rng(0)
 
@@ -76,6 +90,10 @@ def torch_rows(sizes, settings, images, labels, epochs):
         opt.zero_grad(set_to_none=False)
         loss.backward()
         opt.step()
+        if hyper.max_norm:
+            with torch.no_grad():
+                for linear in linears:  # a row of torch's (OC, C) weight is a unit's incoming weights
+                    linear.weight.renorm_(2, 0, hyper.max_norm)
 
     def eager_epoch():
         order = torch.from_numpy(rng.permutation(N)).cuda()
@@ -104,6 +122,16 @@ def torch_rows(sizes, settings, images, labels, epochs):
             "torch CUDA graph": ("1 graph", timed(graph_epoch, torch.cuda.synchronize, epochs))}
 
 
+def torch_optimizer(torch, parameters, lr, hyper):
+    """torch's optimizer for Hyper hyper; Adam's `capturable` keeps its step count on the GPU, as a CUDA
+    graph needs (the eager rows use the same optimizer)."""
+    if hyper.optimizer == SGD:
+        return torch.optim.SGD(parameters, lr=lr, momentum=hyper.momentum, weight_decay=hyper.weight_decay)
+    adam = torch.optim.AdamW if hyper.optimizer == ADAMW else torch.optim.Adam
+    return adam(parameters, lr=lr, betas=(hyper.beta1, hyper.beta2), eps=hyper.eps, weight_decay=hyper.weight_decay,
+                capturable=True)
+
+
 def timed(epoch, synchronize, epochs):
     """Seconds of each of `epochs` epochs after one warm-up epoch, each from and to an idle GPU."""
     epoch()
@@ -122,7 +150,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per row (median shown)")
     parser.add_argument("--tiny", action="store_true", help="a tiny network and data: checks the script runs")
+    parser.add_argument("--regime", action="append", choices=list(REGIMES),
+                        help="a kind of step to time (repeatable; default: every one)")
     args = parser.parse_args(argv)
+    regimes = args.regime or list(REGIMES)
     kc = get_backend("cuda")
     if args.tiny:
         configs, epochs = TINY, 1
@@ -135,21 +166,22 @@ def main(argv=None):
         data = load_dataset("mnist")
         images, labels = data.train_images, data.train_labels.astype(np.int64)
     print(f"{len(images)} training rows, median of {epochs} epochs after one warm-up, float32")
-    table = ["| config | implementation | launches per step | s per epoch (median) | vs torch CUDA graph |",
-             "|---|---|---|---:|---:|"]
-    for name, (sizes, settings) in configs.items():
+    table = ["| config | step | implementation | launches per step | s per epoch (median) | vs torch CUDA graph |",
+             "|---|---|---|---|---:|---:|"]
+    for (name, (sizes, config_settings)), regime in itertools.product(configs.items(), regimes):
+        settings = regime_settings(config_settings, regime)
         rows = fastnn_rows(kc, sizes, settings, images, labels, epochs)
         try:
             rows.update(torch_rows(sizes, settings, images, labels, epochs))
         except ImportError:
-            print(f"{name}: torch is not installed: no torch rows")
+            print(f"{name}, {regime}: torch is not installed: no torch rows")
         except (AssertionError, RuntimeError) as e:  # torch without CUDA, or no GPU (the simulator)
-            print(f"{name}: torch cannot run on a GPU here ({str(e).splitlines()[0]}): no torch rows")
+            print(f"{name}, {regime}: torch cannot run on a GPU here ({str(e).splitlines()[0]}): no torch rows")
         medians = {impl: statistics.median(seconds) for impl, (_, seconds) in rows.items()}
         graph = medians.get("torch CUDA graph")
         for impl, (launches, _) in rows.items():
             ratio = f"{medians[impl] / graph:.2f}x" if graph else "-"
-            table.append(f"| {name} | {impl} | {launches} | {medians[impl]:.4f} | {ratio} |")
+            table.append(f"| {name} | {regime} | {impl} | {launches} | {medians[impl]:.4f} | {ratio} |")
     print("\n".join(table))
     return table
 

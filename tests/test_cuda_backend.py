@@ -1,5 +1,6 @@
-"""What only the CUDA backend has: its availability check, per-step metrics that stay on the GPU, row
-kernels on more rows than their grid has threads, and a model trained end to end on it. (Its ops and
+"""What only the CUDA backend has: its availability check, per-step metrics that stay on the GPU, row,
+elementwise and column kernels on more work than their grid has threads, dropout masks at the largest
+seeds and step numbers inside whole train steps, and a model trained end to end on it. (Its ops and
 train steps are compared with the reference in test_backend_ops.py and test_train_steps.py; every
 kernel is compiled for a real GPU in test_cuda_ptx.py.)
 
@@ -11,9 +12,11 @@ import importlib.util
 import numpy as np
 import pytest
 
+from fastnn import ops as reference
 from fastnn.backends import get_backend
 from fastnn.fileio import FastnnError
-from tests.helpers import compare_op, nans
+from fastnn.step import ADAMW, Hyper, Steps, to_host, training_state
+from tests.helpers import TOLERANCES, arrays, assert_same, compare_op, nans, network, values
 
 try:
     kc = get_backend("cuda")
@@ -90,6 +93,47 @@ def test_row_kernels_write_rows_past_a_capped_grid(monkeypatch, op):
         compare_op(kc, "softmax", nans((B, K), np.float64), logits, tol="softmax")
     else:
         compare_op(kc, "argmax", np.full(B, -1, np.int64), logits, tol="exact")
+
+
+@pytest.mark.parametrize("op", ["adam_update", "max_norm", "dropout_forward"])
+def test_elementwise_and_column_kernels_write_past_a_capped_grid(monkeypatch, op):
+    monkeypatch.setattr(ops, "MAX_BLOCKS", 1)  # one block of THREADS threads for all the elements or columns
+    rng = np.random.default_rng(5)
+    if op == "adam_update":
+        n = THREADS + 45
+        param, grad, moment1 = (values(rng, n, np.float32) for _ in range(3))
+        compare_op(kc, op, param, grad, moment1, values(rng, n, np.float32, "no zeros") ** 2, 1e-3, 3, 0.9, 0.999,
+                   1e-8, 1e-2, True, tol="softmax")
+    elif op == "max_norm":
+        compare_op(kc, op, values(rng, (3, THREADS + 45), np.float32), 0.5, tol="softmax")
+    else:
+        compare_op(kc, op, nans((3, THREADS + 45), np.float32), values(rng, (3, THREADS + 45), np.float32), 9, 5, 1,
+                   0.5, tol="exact")
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_train_steps_draw_the_reference_masks_at_the_largest_seed_and_step_numbers(version):
+    """Dropout of the pixels and the hidden layer keyed by step numbers past 2^32 and the largest seed, with
+    AdamW and max-norm, in both versions of the train steps: each step's masks, update and limit as the
+    reference's."""
+    sizes, dtype, rows = (12, 8, 10), np.float64, np.array([[0, 3, 5, 1], [2, 4, 6, 7]])
+    rng = np.random.default_rng(6)
+    data = (rng.integers(0, 256, (8, 12), np.uint8), rng.integers(0, 10, 8), 1 / 255)
+    hyper = Hyper(weight_decay=1e-2, optimizer=ADAMW, dropout=0.5, dropout_seed=2**32 - 1, max_norm=0.9,
+                  input_dropout=0.2)
+    lrs, numbers = np.array([1e-2, 5e-3]), np.array([2**40 + 3, 2**40 + 4])
+    states = []
+    for ops_, train_steps in ((reference, reference.train_steps), (kc, kc.TRAIN_STEPS[version])):
+        state = training_state(ops_, network(sizes, dtype), rows.shape[1])
+        losses, _ = train_steps(*state, ops_.prepare_data(*data), Steps(*map(ops_.to_device, (rows, lrs, numbers))),
+                                hyper)
+        states.append(([float(x) for x in losses], state))
+    (want_losses, want), (got_losses, got) = states
+    tol = TOLERANCES[dtype]
+    assert_same(got_losses, want_losses, tol["softmax"], "losses")
+    for got_layers, want_layers in ((got.params, want.params), (got.optimizer.second, want.optimizer.second)):
+        for g, w in zip(arrays(to_host(kc, got_layers)), arrays(want_layers)):
+            assert_same(g, w, tol["matmul"])
 
 
 def test_device_scalars_read_late_and_refuse_overwritten_steps():

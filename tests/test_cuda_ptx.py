@@ -17,7 +17,8 @@ import pytest
 
 ROOT = Path(__file__).parents[1]
 KERNELS = {"_gather_kernel", "forward_kernel", "backward_kernel", "_relu_kernel", "_relu_backward_kernel",
-           "_softmax_kernel", "_argmax_kernel", "_xent_kernel", "_sgd_kernel", "_sgd_layers_kernel",
+           "_softmax_kernel", "_argmax_kernel", "_xent_kernel", "_sgd_kernel", "_adam_kernel", "_max_norm_kernel",
+           "_dropout_kernel", "_update_layers_kernel",
            "train_steps_kernel"}  # every kernel the ops of kernels/cuda/ launch (train_steps_kernel: persistent)
 
 
@@ -49,6 +50,10 @@ def test_every_kernel_compiles_for_a_gpu_with_contiguous_arrays():
     compiled = re.findall(r"^compiled \w+: (\w+)\((.*)\), launched", out, re.MULTILINE)
     for dtype in ("float32", "float64"):
         assert {name for name, types in compiled if f"array({dtype}" in types} == KERNELS, dtype
+    # max-norm alone (one weight) and in version 1's train step (every layer's); the step's other kernels
+    # take its settings as one DeviceHyper, so one compilation of each serves SGD, Adam and dropout
+    layers = {re.search(r" x (\d+)\)", types)[1] for name, types in compiled if name == "_max_norm_kernel"}
+    assert layers == {"1", "2"}
     # every array a kernel gets is C-contiguous on a GPU, zero-size placeholders and partial-batch views
     # included: an 'A' among 'C' arrays in a tuple is what broke the persistent kernel
     assert not [line for line in out.splitlines() if ", A)" in line]

@@ -12,12 +12,23 @@ several. Every thread of a block must make the same tile calls: they hold syncth
 functions take a flat thread number and the total thread count (a grid-stride loop), and the
 row-wise ones give each thread whole rows: with K = 10 classes a row is 10 numbers, too few to share
 out among the 32 threads of a warp.
+
+A training step's settings reach the kernels as one DeviceHyper (device_hyper makes it from a
+fastnn.step.Hyper). Dropout rides in the epilogues of the ops before and after it: the gather drops
+pixels as it stores them, a hidden layer's forward tile drops and scales its outputs as it stores
+them, and the backward tile scales the input gradient it stores, so dropout costs no pass of its
+own. Its masks are hashes of (seed, step, activation, row, unit), the reference's counter-based
+generator, so every thread draws the bit of its own element, in any order.
 """
 import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import cuda
+
+from fastnn.ops import MASK32, dropout_threshold
+from fastnn.step import ADAMW, SGD
 
 TILE = 16  # tiles of 16 x 16 outputs: 256 threads per block; the two shared tiles take 2.1 KiB (float32)
 THREADS = TILE * TILE  # threads per block in every kernel; a power of two, as the tree reductions need
@@ -30,6 +41,37 @@ def n_tiles(shape):
     """Number of TILE x TILE tiles covering a 2-D output of `shape` (host side)."""
     rows, cols = shape
     return -(-rows // TILE) * -(-cols // TILE)
+
+
+class DeviceHyper(NamedTuple):
+    """fastnn.step.Hyper as the kernels take it: one numba type per field, whatever Python or NumPy numbers
+    the Hyper holds (so one compiled kernel serves every setting), and the dropout threshold.
+
+    The floats stay float64, the reference's Python floats: a kernel rounds each to the parameters' dtype
+    where the reference does, after the float64 arithmetic the reference does first (1 - beta1,
+    1 - lr * weight_decay, 1 / (1 - dropout)).
+    """
+    optimizer: int  # fastnn.step.SGD, ADAM or ADAMW
+    momentum: float
+    weight_decay: float
+    beta1: float
+    beta2: float
+    eps: float
+    dropout: float  # the hidden layers' rate; 0: no dropout
+    dropout_threshold: np.uint64  # fastnn.ops.dropout_threshold(dropout): Python's rounding, on the host
+    input_dropout: float  # the pixels' rate; 0: no dropout
+    input_threshold: np.uint64  # fastnn.ops.dropout_threshold(input_dropout)
+    dropout_seed: np.uint64
+    max_norm: float  # 0: no limit
+
+
+def device_hyper(hyper):
+    """The DeviceHyper of a fastnn.step.Hyper."""
+    return DeviceHyper(int(hyper.optimizer), float(hyper.momentum), float(hyper.weight_decay), float(hyper.beta1),
+                       float(hyper.beta2), float(hyper.eps), float(hyper.dropout),
+                       np.uint64(dropout_threshold(hyper.dropout)), float(hyper.input_dropout),
+                       np.uint64(dropout_threshold(hyper.input_dropout)), np.uint64(hyper.dropout_seed),
+                       float(hyper.max_norm))
 
 
 @functools.cache
@@ -92,13 +134,70 @@ def _matmul_tile(a, a_transposed, b, b_transposed, row0, col0, inner, want_colsu
     return acc, colsum
 
 
-@cuda.jit(device=True)
-def linear_forward_tiles(out, inp, weight, bias, relu, first, step, sa, sb):
-    """out (B, OC) = inp (B, C) @ weight (C, OC) + bias (OC), then max(., 0) if relu.
+# lowbias32 (fastnn.ops.hash32) in uint64 on values below 2^32, as the reference: the products stay below
+# 2^64, exact, and are cut back to 32 bits. Every constant a uint64 global (numba types it so): an int64
+# among the operands would make numba's integer promotion turn the arithmetic into floats.
+_LOWBIAS1, _LOWBIAS2 = np.uint64(0x7FEB352D), np.uint64(0x846CA68B)
+_U8, _U15, _U16 = np.uint64(8), np.uint64(15), np.uint64(16)
 
-    Tiles first, first + step, ... of out; the bias and the ReLU are applied in registers, before the store.
+
+@cuda.jit(device=True)
+def hash32(x):
+    """fastnn.ops.hash32 of one uint64 below 2^32: a uint64 below 2^32."""
+    x = x ^ (x >> _U16)
+    x = (x * _LOWBIAS1) & MASK32
+    x = x ^ (x >> _U15)
+    x = (x * _LOWBIAS2) & MASK32
+    return x ^ (x >> _U16)
+
+
+@cuda.jit(device=True)
+def dropout_key(seed, number, layer):
+    """The key of the masks of activation `layer` (acts[layer]: 0 the pixels, 1.. the hidden layers' outputs)
+    at step `number` of a run seeded `seed` (uint64): fastnn.ops.dropout_keep's
+    hash32(hash32(hash32(seed) ^ step) ^ layer), seed and step modulo 2^32."""
+    seed_key = hash32(seed & MASK32)
+    return hash32(hash32(seed_key ^ (np.uint64(number) & MASK32)) ^ np.uint64(layer))
+
+
+@cuda.jit(device=True)
+def dropout_keeps(key, threshold, row, unit):
+    """Whether inverted dropout keeps unit `unit` of row `row` of the layer whose masks have key `key`
+    (fastnn.ops.dropout_keep): the top 24 bits of hash32(hash32(key ^ row) ^ unit) are >= threshold."""
+    return (hash32(hash32(key ^ np.uint64(row)) ^ np.uint64(unit)) >> _U8) >= threshold
+
+
+@cuda.jit(device=True)
+def dropout_scale(rate, out):
+    """A kept unit's factor 1 / (1 - rate) in out's dtype, rounded once from float64 as the reference: 1
+    without dropout, and x * 1 is exact."""
+    return out.dtype.type(1.0 / (1.0 - rate))
+
+
+@cuda.jit(device=True)
+def dropout_elements(out, inp, hyper, number, layer, first, step):
+    """out (B, H) = inverted dropout of inp (B, H) (fastnn.ops.dropout_forward with rate hyper.dropout, seed
+    hyper.dropout_seed, step `number`, activation `layer`); out may be inp. Elements first, first + step, ..."""
+    key, scale = dropout_key(hyper.dropout_seed, number, layer), dropout_scale(hyper.dropout, out)
+    zero = out.dtype.type(0)
+    H = inp.shape[1]
+    for e in range(first, inp.size, step):  # consecutive threads take consecutive units of a row: coalesced
+        b, j = e // H, e % H
+        # a dropped unit is x * 0, as in the reference (0 for a finite x)
+        out[b, j] = inp[b, j] * (scale if dropout_keeps(key, hyper.dropout_threshold, b, j) else zero)
+
+
+@cuda.jit(device=True)
+def linear_forward_tiles(out, inp, weight, bias, relu, hyper, number, layer, first, step, sa, sb):
+    """out (B, OC) = inp (B, C) @ weight (C, OC) + bias (OC), then max(., 0) if relu, then, if relu and
+    hyper.dropout, inverted dropout with dropout_elements' masks for step `number`; out is activation
+    `layer` (acts[layer]).
+
+    Tiles first, first + step, ... of out; bias, ReLU and dropout are applied in registers, before the store.
     """
     zero = out.dtype.type(0)
+    dropout = relu and hyper.dropout != 0
+    key, scale = dropout_key(hyper.dropout_seed, number, layer), dropout_scale(hyper.dropout, out)
     for tile in range(first, _tile_count(out), step):
         row0, col0 = _tile_origin(out, tile)
         acc, _ = _matmul_tile(inp, False, weight, False, row0, col0, inp.shape[1], False, sa, sb)
@@ -107,19 +206,23 @@ def linear_forward_tiles(out, inp, weight, bias, relu, first, step, sa, sb):
             acc += bias[c]
             if relu and acc < 0:  # `< 0`, not `> 0`: NaN passes through, as with np.maximum
                 acc = zero
+            if dropout:  # the rounded ReLU output times the factor: the reference's two steps, bit for bit
+                acc *= scale if dropout_keeps(key, hyper.dropout_threshold, r, c) else zero
             out[r, c] = acc
 
 
 @cuda.jit(device=True)
-def linear_backward_tiles(dweight, dbias, dinp, dout, inp, weight, input_grad, first, step, sa, sb):
+def linear_backward_tiles(dweight, dbias, dinp, dout, inp, weight, input_grad, hyper, first, step, sa, sb):
     """The three gradients of one layer, tiles first, first + step, ... of their concatenation.
 
     dweight (C, OC) = inp (B, C).T @ dout (B, OC), then, if input_grad, dinp (B, C) = (dout @ weight
-    (C, OC).T) * (inp > 0); dbias (OC) = dout summed over B is written by the first tile row of dweight.
-    They only read dout, inp and weight, so one launch computes all three. The first layer passes
-    input_grad False: the pixels need no gradient, and dinp is then not touched.
+    (C, OC).T) * (inp > 0) / (1 - hyper.dropout); dbias (OC) = dout summed over B is written by the first
+    tile row of dweight. They only read dout, inp and weight, so one launch computes all three. The first
+    layer passes input_grad False: the pixels need no gradient, and dinp is then not touched.
+    inp is the previous layer's output after dropout: 0 where its ReLU was off or dropout dropped the
+    unit, so `inp > 0` is the mask of both, and a kept unit's gradient is scaled as its output was.
     """
-    zero = dinp.dtype.type(0)
+    zero, scale = dinp.dtype.type(0), dropout_scale(hyper.dropout, dinp)
     tiles_dweight = _tile_count(dweight)
     tiles_dinp = _tile_count(dinp) if input_grad else 0
     for tile in range(first, tiles_dweight + tiles_dinp, step):
@@ -136,21 +239,27 @@ def linear_backward_tiles(dweight, dbias, dinp, dout, inp, weight, input_grad, f
             acc, _ = _matmul_tile(dout, False, weight, True, row0, col0, dout.shape[1], False, sa, sb)
             r, c = row0 + cuda.threadIdx.y, col0 + cuda.threadIdx.x
             if r < dinp.shape[0] and c < dinp.shape[1]:
-                dinp[r, c] = acc if inp[r, c] > 0 else zero  # the previous layer's ReLU mask
+                dinp[r, c] = acc * scale if inp[r, c] > 0 else zero  # the previous layer's mask, then its scale
 
 
 @cuda.jit(device=True)
-def gather_rows(inp, targets, images, labels, indices, scale, first, step):
-    """inp (B, C) = images[indices] (B, C) * scale, targets (B,) = labels[indices].
+def gather_rows(inp, targets, images, labels, indices, scale, hyper, number, first, step):
+    """inp (B, C) = images[indices] (B, C) * scale, targets (B,) = labels[indices], then, if
+    hyper.input_dropout, inverted dropout of the pixels (activation 0) at step `number`.
 
     Elements first, first + step, ... of inp; images (N, C) uint8 or float stay compact on the device.
     """
     C = inp.shape[1]
+    dropout, zero = hyper.input_dropout != 0, inp.dtype.type(0)
+    key, keep_scale = dropout_key(hyper.dropout_seed, number, 0), dropout_scale(hyper.input_dropout, inp)
     for e in range(first, inp.size, step):  # consecutive threads take consecutive pixels of a row: coalesced
         b, c = e // C, e % C
         row = indices[b]
         # a float64 product rounded once to inp's dtype: NumPy's uint8 * Python float, then the cast
-        inp[b, c] = images[row, c] * scale
+        x = inp.dtype.type(images[row, c] * scale)
+        if dropout:  # the rounded pixel times the factor: the reference's two steps, bit for bit
+            x *= keep_scale if dropout_keeps(key, hyper.input_threshold, b, c) else zero
+        inp[b, c] = x
         if c == 0:
             targets[b] = labels[row]
 
@@ -234,12 +343,82 @@ def sgd_flat(param, grad, velocity, lr, momentum, weight_decay, first, step):
 
 
 @cuda.jit(device=True)
-def sgd_layers(weights, biases, dweights, dbiases, velocities_w, velocities_b, lr, momentum, weight_decay,
-               first, step):
-    """sgd_flat on every layer's weight (C, OC) and bias (OC), given as tuples of L arrays."""
+def adam_flat(param, grad, moment1, moment2, lr, number, hyper, first, step):
+    """One Adam step at t = number (fastnn.ops.adam_update; AdamW's if hyper.optimizer is ADAMW) on 1-D
+    param, grad, moment1, moment2: elements first, first + step, ...
+
+    lr and hyper's floats are float64, as the reference's Python floats: each scalar is computed in
+    float64 as the reference computes it (1 - beta1, the bias corrections 1 - beta^t, AdamW's
+    1 - lr * weight_decay), then rounded once to the arrays' dtype, so float32 math stays float32.
+    """
+    real = param.dtype.type
+    decoupled = hyper.optimizer == ADAMW
+    l2 = hyper.weight_decay != 0 and not decoupled  # as the reference: no 0 * param term (inf * 0 is NaN)
+    decay = real(hyper.weight_decay)
+    shrink = real(1.0 - lr * hyper.weight_decay) if decoupled else real(1)  # AdamW's decay; x * 1 is exact
+    beta1, beta2 = real(hyper.beta1), real(hyper.beta2)
+    rest1, rest2 = real(1.0 - hyper.beta1), real(1.0 - hyper.beta2)
+    correction1 = real(1.0 - math.pow(hyper.beta1, number))  # pow, as Python's float ** int
+    correction2 = real(1.0 - math.pow(hyper.beta2, number))
+    rate, eps = real(lr), real(hyper.eps)
+    for i in range(first, param.size, step):
+        g = grad[i]
+        if l2:
+            g += decay * param[i]
+        m = moment1[i] * beta1 + rest1 * g
+        v = moment2[i] * beta2 + rest2 * g * g
+        moment1[i] = m
+        moment2[i] = v
+        param[i] = param[i] * shrink - rate * (m / correction1) / (math.sqrt(v / correction2) + eps)
+
+
+@cuda.jit(device=True)
+def update_flat(param, grad, velocity, second, lr, number, hyper, first, step):
+    """The update hyper.optimizer names (fastnn.ops.update) at step `number` with rate lr (float64), on 1-D
+    param, grad and its optimizer state (velocity: SGD's, or Adam's first moments; second: Adam's second
+    moments, untouched by SGD): elements first, first + step, ..."""
+    if hyper.optimizer == SGD:
+        real = param.dtype.type  # scalars in the param's dtype: float32 math stays float32
+        sgd_flat(param, grad, velocity, real(lr), real(hyper.momentum), real(hyper.weight_decay), first, step)
+    else:
+        adam_flat(param, grad, velocity, second, lr, number, hyper, first, step)
+
+
+@cuda.jit(device=True)
+def update_layers(weights, biases, dweights, dbiases, velocities_w, velocities_b, seconds_w, seconds_b, lr, number,
+                  hyper, first, step):
+    """update_flat on every layer's weight (C, OC) and bias (OC), given as tuples of L arrays."""
     for l in range(len(weights)):
         w = weights[l]
         n = w.size  # flat views of the C-contiguous (C, OC) arrays: no copy
-        sgd_flat(w.reshape(n), dweights[l].reshape(n), velocities_w[l].reshape(n), lr, momentum,
-                 weight_decay, first, step)
-        sgd_flat(biases[l], dbiases[l], velocities_b[l], lr, momentum, weight_decay, first, step)
+        update_flat(w.reshape(n), dweights[l].reshape(n), velocities_w[l].reshape(n), seconds_w[l].reshape(n), lr,
+                    number, hyper, first, step)
+        update_flat(biases[l], dbiases[l], velocities_b[l], seconds_b[l], lr, number, hyper, first, step)
+
+
+@cuda.jit(device=True)
+def max_norm_columns(weight, limit, first, step):
+    """fastnn.ops.max_norm of weight (C, OC), limit a float64: columns first, first + step, ...
+
+    A thread per column: it sums its own column's squares, so no thread needs another's result, and
+    consecutive threads read consecutive columns of a row (coalesced). The sum runs down the rows in
+    the dtype, as NumPy sums over axis 0; the limit is compared and divided in the dtype, as there.
+    """
+    real = weight.dtype.type
+    cap = real(limit)
+    for j in range(first, weight.shape[1], step):
+        total = real(0)
+        for c in range(weight.shape[0]):
+            total += weight[c, j] * weight[c, j]
+        norm = math.sqrt(total)
+        if norm > cap:
+            factor = cap / norm
+            for c in range(weight.shape[0]):
+                weight[c, j] *= factor
+
+
+@cuda.jit(device=True)
+def max_norm_layers(weights, limit, first, step):
+    """max_norm_columns on every layer's weight (C, OC), given as a tuple of L arrays."""
+    for l in range(len(weights)):
+        max_norm_columns(weights[l], limit, first, step)

@@ -16,6 +16,7 @@ asks the current device for its compute capability when compiling device functio
 device answers.
 """
 import argparse
+import itertools
 import os
 import types
 from pathlib import Path
@@ -77,7 +78,8 @@ def argument_types(*args):
 
 def compile_all(cc=(9, 0), out=None):
     """Run every op of kernels.cuda at the seed config (784-128-10, batch 64, and a partial last batch of
-    37 rows), float32 and float64, compiling each kernel it launches to PTX; returns
+    37 rows), float32 and float64, and both train steps with SGD, Adam with dropout (hidden and input)
+    and AdamW with max-norm, compiling each kernel it launches to PTX; returns
     {(kernel name, argument types): PTX file name}."""
     dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
     cuda.device_array, cuda.to_device = device_array, to_device
@@ -100,17 +102,21 @@ def compile_all(cc=(9, 0), out=None):
         return compile_for
 
     dispatcher.CUDADispatcher.__getitem__ = launch_config
-    B, N, sizes = 64, 100, (784, 128, 10)
+    B, N, S, sizes = 64, 100, 2, (784, 128, 10)
     labels = np.zeros(N, np.int64)
-    hyper = step.Hyper(momentum=0.9, weight_decay=1e-3)
+    hypers = (step.Hyper(momentum=0.9, weight_decay=1e-3),  # every optimizer and regulariser a step can run
+              step.Hyper(weight_decay=1e-4, optimizer=step.ADAM, dropout=0.3, dropout_seed=7, input_dropout=0.2),
+              step.Hyper(weight_decay=1e-2, optimizer=step.ADAMW, max_norm=3.0))
     for dtype in (np.float32, np.float64):
         training = step.training_state(kc, step.he_init(sizes, dtype, seed=0), B)
         params, grads, optimizer, buffers = training
         data = kc.prepare_data(np.zeros((N, sizes[0]), np.uint8), labels, 1 / 255)
-        for rows in (B, 37):  # a full batch, then a partial last one: views of the buffers' first rows
+        for rows, hyper in itertools.product((B, 37), hypers):  # a full batch, then a partial last one (views)
             state = training._replace(buffers=step.first_rows(buffers, rows))
-            kc.train_step(*state, data, np.arange(rows), 0.1, hyper)  # version 1, launch by launch
-            persistent.train_steps(*state, data, step.Steps(np.zeros((2, rows), np.int64), np.ones(2)), hyper)
+            steps = step.Steps(kc.to_device(np.zeros((S, rows), np.int64)), kc.to_device(np.ones(S)),
+                               kc.to_device(np.arange(1, S + 1)))
+            kc.train_step(*state, data, steps.indices[0], 0.1, 1, hyper)  # version 1, launch by launch
+            persistent.train_steps(*state, data, steps, hyper)
         acts, douts, targets, _ = buffers
         float_data = kc.prepare_data(np.zeros((N, sizes[0]), dtype), labels, 1.0)
         kc.gather_batch(acts[0], targets, float_data, np.arange(B))
@@ -122,6 +128,10 @@ def compile_all(cc=(9, 0), out=None):
         kc.linear_backward(grads.weights[0], grads.biases[0], douts[0], acts[0])
         kc.linear_backward_input(douts[0], douts[1], params.weights[1], acts[1])
         kc.sgd_update(params.biases[0], grads.biases[0], optimizer.velocity.biases[0], 0.1, 0.9, 0.0)
+        kc.adam_update(params.weights[0], grads.weights[0], optimizer.velocity.weights[0], optimizer.second.weights[0],
+                       1e-3, 10, 0.9, 0.999, 1e-8, 1e-2, True)
+        kc.max_norm(params.weights[1], 3.0)
+        kc.dropout_forward(acts[1], acts[1], 7, 2**40, 0, 0.5)
     return compiled
 
 
