@@ -23,6 +23,7 @@ HIDDEN = (128, 512)
 HIDDEN_TO_HIDDEN = ((128, 512, 256), (256, 1024, 1024))  # (B, C, OC)
 SOFTMAX_FLOPS = 5  # per logit: max, subtract, exp, sum, divide
 SGD_FLOPS = 6  # per parameter: decay (2), momentum (2), step (2)
+ADAM_FLOPS = 13  # per parameter: decay (2), two moments (3 + 4), sqrt, scale and eps (3), divide and step (3)
 GEMM_N = 2048  # the ceiling's square float32 matmul: big enough for OpenBLAS's best
 
 
@@ -101,6 +102,25 @@ def test_sgd_update(benchmark, ops, inputs, H):
     grad = np.full_like(data.w1, 1e-3)  # constant: param settles where decay balances it, no overflow
     hyper = preset_settings("default").hyper
     time_op(benchmark, ops, fn, [param], [grad, velocity], 0.1, hyper.momentum, hyper.weight_decay)
+
+
+@pytest.mark.parametrize("H", HIDDEN)
+def test_adam_update(benchmark, ops, inputs, H):
+    """One Adam step with L2 weight decay on w1 (C, H), in place, at step 10 (bias corrections live)."""
+    fn, data = backend_op(ops, "adam_update"), inputs(BATCHES[0], H)
+    describe(benchmark, "adam_update", f"W1 H={H}", ADAM_FLOPS * C * H, H=H)
+    param, moment1, moment2 = (ops.to_device(a) for a in (data.w1.copy(), np.zeros_like(data.w1),
+                                                        np.zeros_like(data.w1)))
+    grad = np.full_like(data.w1, 1e-3)  # constant: Adam's steps stay near lr, no overflow over many rounds
+    time_op(benchmark, ops, fn, [param], [grad, moment1, moment2], 1e-3, 10, 0.9, 0.999, 1e-8, 5e-4, False)
+
+
+@pytest.mark.parametrize("H", HIDDEN)
+def test_dropout_forward(benchmark, ops, inputs, H):
+    """Inverted dropout at rate 0.5 on a hidden layer's output (B, H): the masks drawn, the kept scaled."""
+    fn, B = backend_op(ops, "dropout_forward"), BATCHES[1]
+    describe(benchmark, "dropout_forward", f"B={B} H={H}", B * H, B=B, H=H)
+    time_op(benchmark, ops, fn, [ops.empty((B, H), np.float32)], [np.ones((B, H), np.float32)], 42, 7, 1, 0.5)
 
 
 @pytest.mark.parametrize("B", BATCHES)

@@ -2,6 +2,7 @@
 
     uv run python -m fastnn.train --backend numpy            # the default preset (>= 98% test accuracy)
     uv run python -m fastnn.train --preset seed              # the original program: 784-128-10, SGD
+    uv run python -m fastnn.train --preset best --backend numba   # >= 98.8%: Adam, dropout, max-norm
     uv run python -m fastnn.train --hidden 512,256 --epochs 5 --out runs/big
     uv run python -m fastnn.train --resume runs/big/weights.npz --epochs 3 --out runs/big
 
@@ -38,6 +39,20 @@ PRESETS = {
         weight_decay=5e-4,  # a little L2 keeps the test accuracy from sagging late in the run
         schedule="cosine",
         validation_fraction=0.0,
+        seed=42,
+        dtype="float32",
+    ),
+    "best": dict(  # after Srivastava et al.'s dropout MLPs, with Adam to fit 10 minutes on 2 cores
+        hidden=(1024, 1024),
+        epochs=60,
+        batch_size=128,
+        optimizer="adam",
+        lr=1e-3,  # peak rate; the cosine schedule brings it to 0 by the last step
+        weight_decay=0.0,  # dropout and max-norm regularise instead
+        dropout=0.4,
+        input_dropout=0.2,
+        max_norm=3.0,
+        schedule="cosine",
         seed=42,
         dtype="float32",
     ),

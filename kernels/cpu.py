@@ -336,7 +336,10 @@ def _sgd_step(param, grad, velocity, coef):
     return param - rate * velocity, velocity
 
 
-@njit(fastmath=FASTMATH, cache=True)
+# error_model="numpy": a float division by zero gives inf as in NumPy, instead of numba's default
+# check and ZeroDivisionError, a branch in every element that keeps LLVM from vectorising the loop
+# (measured on a 784 x 128 weight, float32: 409 us -> 96 us; SGD's update: 33 us)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _adam_step(param, grad, m, v, coef):
     """One element's Adam or AdamW step (fastnn.ops.adam_update): returns its new (param, m, v)."""
     decay, shrink, beta1, c1, beta2, c2, eps, step_size, inv_sqrt_bc2 = coef[3:]
