@@ -18,6 +18,10 @@ How train_steps computes a step:
   writes the transpose of what it produces (cheaply, a tile at a time) for the kernel that reads it
   along the other axis, and the updates keep each weight's transpose current, in the scratch memory.
 - The last layer (the K classes) and the loss run per block of four samples.
+- Dropout happens in the epilogues of the kernels that produce an activation (the gathered pixels,
+  each hidden layer's ReLU), its mask bits hashed from (seed, step, layer, row, unit) as
+  fastnn.ops.dropout_keep draws them; the updates (SGD or Adam, chosen once per block) run in the
+  weight-gradient kernels; max-norm, when on, is one more region per layer after them.
 A step is 2L + 1 parallel regions for L layers, each a loop over fixed-size blocks of its outputs.
 
 Parallelism: each block of outputs is owned by one iteration, which adds in a fixed order: results
