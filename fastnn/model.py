@@ -6,6 +6,7 @@
 The model checks its parameters and data, then hands the work on: the training loop to
 fastnn/training.py, the math to the backend, the files to fastnn/checkpoint.py.
 """
+import inspect
 import math
 import zlib
 from pathlib import Path
@@ -203,14 +204,14 @@ class MLP:
         warm_start: continue from the current weights and history (after `load` or an earlier fit)
         instead of initialising new ones. If the last run stopped before its last epoch (`run_state_`
         says how far it got), this finishes it bitwise as if it had never stopped: optimizer state,
-        schedule, shuffles and dropout masks where they were; it then needs the same settings and data. Otherwise it trains
-        `self.epochs` more epochs as a new run. progress: show a progress bar per epoch.
+        schedule, shuffles and dropout masks where they were; it then needs the same settings and data.
+        Otherwise it trains `self.epochs` more epochs as a new run. progress: show a progress bar per epoch.
         on_epoch(record): called after each epoch with its history record, coefs_, history_ and
         run_state_ already updated; it may add entries (say, "test_accuracy") to the record.
         A record: epoch, loss (mean over the epoch's batches), train_accuracy (of those batches, each
         before its update), val_loss and val_accuracy (mean cross-entropy and accuracy on the validation
-        split, None without one), seconds (training only:
-        shuffle, steps, copying the weights back), lr (of the epoch's last step); with early stopping,
+        split, None without one), seconds (training only: shuffle, steps, copying the weights back), lr
+        (of the epoch's last step); with early stopping,
         the run's last record also has early_stopping: {stopped, best_epoch, best_val_accuracy, reason},
         and the model then holds the best epoch's weights.
         """
@@ -293,11 +294,9 @@ class MLP:
 
     def _run_settings(self, X, y):
         """What a run's trajectory depends on besides the weights: checked before finishing a run."""
-        names = ("optimizer", "lr", "momentum", "weight_decay", "beta1", "beta2", "eps", "dropout", "input_dropout",
-                 "max_norm",
-                 "batch_size", "epochs", "schedule", "validation_fraction", "early_stopping", "shuffle", "seed",
-                 "dtype")
-        # plain Python numbers (a GridSearchCV may set NumPy ones): the settings are stored as JSON
+        # every parameter but the layer sizes (the weights hold them) and the backend; plain Python numbers
+        # (a GridSearchCV may set NumPy ones): the settings are stored as JSON
+        names = [name for name in inspect.signature(MLP).parameters if name not in ("hidden", "backend")]
         settings = {name: getattr(self, name) for name in names}
         settings = {k: v.item() if isinstance(v, np.generic) else v for k, v in settings.items()}
         return {**settings, "rows": len(X),
