@@ -487,16 +487,27 @@ def _dropout_key(seed, step, layer, rate, dtype):
     return key, uint64(round(rate * 16777216.0)), dtype(1 / (1 - rate))
 
 
+@njit(cache=True)
+def _row_drop(drop, b):
+    """drop (a _dropout_key) for row b: its step key hashed with the row, once per row."""
+    key, threshold, scale = drop
+    return _hash32(key ^ uint64(b)), threshold, scale
+
+
+@njit(cache=True)
+def _keeps(row_drop, j):
+    """Whether unit j of the row of row_drop (_row_drop) is kept."""
+    return (_hash32(row_drop[0] ^ uint64(j)) >> uint64(8)) >= row_drop[1]
+
+
 @njit(fastmath=FASTMATH, cache=True)
 def _dropout_row(out, b, j0, j1, drop):
     """out[b, j0:j1] *= keep / (1 - rate) under drop = _dropout_key(...), if its threshold is not 0."""
-    key, threshold, scale = drop
-    if threshold == 0:
+    if drop[1] == 0:
         return
-    row_key = _hash32(key ^ uint64(b))
+    row = _row_drop(drop, b)
     for j in range(uint64(j0), uint64(j1)):
-        keep = (_hash32(row_key ^ j) >> uint64(8)) >= threshold
-        out[b, j] = out[b, j] * scale if keep else 0
+        out[b, j] = out[b, j] * row[2] if _keeps(row, j) else 0
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -799,15 +810,13 @@ def forward(acts, params):
 
 # ---- a sparse first layer -------------------------------------------------------------------------
 @njit(fastmath=FASTMATH, cache=True)
-def _pixel(values, columns, p, scale, dtype, b, drop_in):
+def _pixel(values, columns, p, scale, dtype, row_in):
     """Non-zero p's value as gather_batch makes it (the product in float64, rounded once), after
-    input dropout under drop_in (a _dropout_key) for sample b: dropped, it is 0."""
+    input dropout under row_in (its sample's _row_drop): dropped, it is 0."""
     x = dtype(values[p] * scale)
-    key, threshold, keep_scale = drop_in
-    if threshold == 0:
+    if row_in[1] == 0:
         return x
-    keep = (_hash32(_hash32(key ^ uint64(b)) ^ uint64(columns[p])) >> uint64(8)) >= threshold
-    return x * keep_scale if keep else dtype(0)
+    return x * row_in[2] if _keeps(row_in, columns[p]) else dtype(0)
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -817,20 +826,20 @@ def _sparse_row_forward(out, block_start, b, weight, bias, start, end, columns, 
     non-zero pixels, four per pass, so that each load and store of out[b] feeds four FMAs.
     block_start[b, t]: where its non-zeros reach pixel t * PIXEL_BLOCK."""
     OC, dtype = out.shape[1], out.dtype.type
+    row_in = _row_drop(drop_in, b)
     for j in range(OC):
         out[b, j] = bias[j]
     p = start
     while p + 4 <= end:
-        x0, x1 = _pixel(values, columns, p, scale, dtype, b, drop_in), _pixel(values, columns, p + 1, scale, dtype, b,
-                                                                              drop_in)
-        x2, x3 = _pixel(values, columns, p + 2, scale, dtype, b, drop_in), _pixel(values, columns, p + 3, scale, dtype,
-                                                                                  b, drop_in)
+        x0, x1 = _pixel(values, columns, p, scale, dtype, row_in), _pixel(values, columns, p + 1, scale, dtype, row_in)
+        x2, x3 = _pixel(values, columns, p + 2, scale, dtype, row_in), _pixel(values, columns, p + 3, scale, dtype,
+                                                                              row_in)
         k0, k1, k2, k3 = columns[p], columns[p + 1], columns[p + 2], columns[p + 3]
         for j in range(OC):
             out[b, j] = out[b, j] + x0 * weight[k0, j] + x1 * weight[k1, j] + x2 * weight[k2, j] + x3 * weight[k3, j]
         p += 4
     for q in range(p, end):
-        x, k = _pixel(values, columns, q, scale, dtype, b, drop_in), columns[q]
+        x, k = _pixel(values, columns, q, scale, dtype, row_in), columns[q]
         for j in range(OC):
             out[b, j] += x * weight[k, j]
     for j in range(OC):
@@ -907,8 +916,9 @@ def _sparse_update_rows(block, weight, dweight, m, v, columns, values, scale, bl
     k0, k1 = block * PIXEL_BLOCK, min(block * PIXEL_BLOCK + PIXEL_BLOCK, C)
     touched = 0  # bit k - k0: row k has a gradient
     for b in range(dout.shape[0]):
+        row_in = _row_drop(drop_in, b)
         for p in range(block_start[b, block], block_start[b, block + 1]):
-            k, x = columns[p], _pixel(values, columns, p, scale, dtype, b, drop_in)
+            k, x = columns[p], _pixel(values, columns, p, scale, dtype, row_in)
             bit = np.int64(1) << (k - k0)
             if touched & bit:
                 for j in range(OC):
