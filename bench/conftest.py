@@ -2,6 +2,10 @@
 
     uv run pytest --benchmark-only --benchmark-autosave -q   # every benchmark, saved under .benchmarks/
     uv run pytest --benchmark-only -k numba                  # one backend only
+    uv run pytest bench --benchmark-disable -o addopts=      # each benchmark run once, untimed (CI)
+
+A plain `uv run pytest` does not collect the benchmarks (pytest_ignore_collect below): they are not
+tests, and skipping 126 of them on every run hid the real skips.
 
 Thread pools: each backend at its best. NumPy's benchmarks run with all of OpenBLAS's threads, as
 users run it; Numba's with BLAS capped at one thread, so that its own pool (one thread per core) never
@@ -20,6 +24,22 @@ from fastnn.fileio import FastnnError
 
 BACKENDS = ("numpy", "numba")  # the CPU backends; cuda launches are asynchronous and need their own timing
 BLAS_THREADS = {"numpy": None, "numba": 1}  # OpenBLAS threads during each backend's benchmarks (None: all)
+
+
+def pytest_configure(config):
+    """A timed run is one process: turn off pytest-xdist's workers (pyproject's -n auto), which would
+    share the cores with the benchmarks and make pytest-benchmark disable itself."""
+    if config.getoption("benchmark_only") or config.getoption("benchmark_enable"):
+        config.option.dist, config.option.tx, config.option.numprocesses = "no", [], 0
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Leave bench_*.py out of a run that did not ask for benchmarks: no --benchmark-only, and no path
+    given on the command line (pyproject's testpaths chose tests/ and bench/)."""
+    if not collection_path.name.startswith("bench_"):
+        return None  # let pytest decide
+    asked = config.getoption("benchmark_only") or config.args_source != pytest.Config.ArgsSource.TESTPATHS
+    return None if asked else True
 
 
 @pytest.fixture(scope="session")

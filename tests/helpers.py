@@ -7,7 +7,10 @@ backend), then checks every array argument afterwards (outputs, in-place updates
 stay untouched) and the return value: shape and dtype first, then values within the tolerance of
 TOLERANCES. Outputs come in filled with NaN, so an entry a kernel forgets to write fails.
 """
+import os
+
 import numpy as np
+import pytest
 
 from fastnn import ops as reference
 from fastnn.step import Layers, he_init
@@ -21,6 +24,12 @@ TOLERANCES = {
 }
 DTYPES = (np.float32, np.float64)
 
+# Whether numba-cuda's simulator stands in for a GPU (tests/conftest.py decides, before numba loads).
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+# The marks of a whole CUDA train step: the simulator marker there (~10-30 s a case, deselected by
+# default), none on a GPU, where it takes a second. For pytest.param(..., marks=ON_SIMULATOR).
+ON_SIMULATOR = [pytest.mark.simulator] if SIMULATED else []
+
 
 def is_simulated(ops):
     """True for the CUDA backend running in numba-cuda's simulator: one Python thread per CUDA thread."""
@@ -32,10 +41,8 @@ def is_simulated(ops):
 def skip_if_slow(ops, macs, limit=20_000):
     """Skip a case of more than `limit` multiply-adds on the CUDA simulator (a 64x784x128 matmul takes
     minutes there); on a real GPU and on the CPU every case runs."""
-    import pytest
-
     if is_simulated(ops) and macs > limit:
-        pytest.skip(f"{macs} multiply-adds: too slow for the CUDA simulator")
+        pytest.skip(f"GPU only: {macs} multiply-adds are too slow for the CUDA simulator")
 
 
 def nested_map(fn, arg):

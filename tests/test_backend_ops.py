@@ -11,7 +11,7 @@ import inspect
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from fastnn import ops as reference
@@ -215,8 +215,7 @@ def matmul_case(draw):
     return inp, values(rng, (C, OC), dtype), values(rng, OC, dtype), values(rng, (B, OC), dtype)
 
 
-@settings(max_examples=40, deadline=None)
-@given(matmul_case())
+@given(matmul_case())  # examples: tests/conftest.py's profiles
 def test_numba_matmuls_on_drawn_shapes(case):
     from kernels import cpu
 
@@ -228,7 +227,6 @@ def test_numba_matmuls_on_drawn_shapes(case):
     compare_op(cpu, "linear_backward_input", nans((B, C), dtype), dout, weight, np.maximum(inp, 0))
 
 
-@settings(max_examples=40, deadline=None)
 @given(B=st.integers(1, 300), K=st.integers(1, 12), dtype=st.sampled_from(DTYPES), spread=st.floats(0.01, 50),
        seed=st.integers(0, 2**32 - 1))
 def test_numba_softmax_cross_entropy_on_drawn_shapes(B, K, dtype, spread, seed):

@@ -1,6 +1,9 @@
 """The numbered kernel versions in kernels/dev/ against the reference, and the backend's use of the winner.
 
-    uv run pytest tests/test_kernel_versions.py -q
+    uv run pytest tests/test_kernel_versions.py -q -m versions
+
+The versions compile afresh on every run (~17 s; kernels/dev/linear_forward.py says why they are not
+cached), so the default run leaves them out: it tests the winner, kernels.cpu's, in test_backend_ops.py.
 """
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ from kernels.dev import linear_backward, linear_forward
 from tests.helpers import DTYPES, compare_op, nans, values
 
 
+@pytest.mark.versions
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("number", sorted(linear_forward.KERNELS))
 def test_linear_forward_versions(number, dtype):
@@ -19,6 +23,7 @@ def test_linear_forward_versions(number, dtype):
                values(rng, (C, OC), dtype), values(rng, OC, dtype), kernel=linear_forward.KERNELS[number])
 
 
+@pytest.mark.versions
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("number", sorted(linear_backward.KERNELS))
 def test_linear_backward_versions(number, dtype):

@@ -3,6 +3,7 @@ batches (full, then smaller last batches through views), bitwise determinism acr
 and the CUDA backend's two versions of the step.
 
     uv run pytest tests/test_train_steps.py -q
+    uv run pytest tests/test_train_steps.py -q -m simulator   # the CUDA cases, in its simulator (minutes)
 """
 import math
 import os
@@ -17,7 +18,7 @@ from fastnn import ops as reference
 from fastnn.backends import get_backend
 from fastnn.fileio import FastnnError
 from fastnn.step import ADAM, ADAMW, Data, Hyper, Steps, first_rows, to_host, training_state
-from tests.helpers import DTYPES, TOLERANCES, arrays, assert_same, network, skip_if_slow
+from tests.helpers import DTYPES, ON_SIMULATOR, TOLERANCES, arrays, assert_same, network, skip_if_slow
 
 HYPER = Hyper(momentum=0.9, weight_decay=1e-4)
 # every optimizer and regulariser a step can run: each fast backend must follow the reference in all
@@ -77,17 +78,17 @@ def assert_steps_match(ops, sizes, dtype, batches, train_steps=None, hyper=HYPER
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("sizes", [(784, 10), (784, 128, 10), (784, 64, 32, 10), (784, 32, 20), (20, 16, 12, 10)])
-def test_train_steps_match_the_reference(backend, batches, sizes, dtype):
-    skip_if_slow(backend, B * sum(a * b for a, b in zip(sizes, sizes[1:])))
-    assert_steps_match(backend, sizes, dtype, for_network(batches, sizes))
+def test_train_steps_match_the_reference(step_backend, batches, sizes, dtype):
+    skip_if_slow(step_backend, B * sum(a * b for a, b in zip(sizes, sizes[1:])))
+    assert_steps_match(step_backend, sizes, dtype, for_network(batches, sizes))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("sizes", [(784, 10), (784, 128, 10), (784, 64, 32, 10), (20, 16, 12, 10)])
 @pytest.mark.parametrize("name", [name for name in HYPERS if name != "sgd"])
-def test_adam_dropout_and_max_norm_steps_match_the_reference(backend, batches, name, sizes, dtype):
-    skip_if_slow(backend, B * sum(a * b for a, b in zip(sizes, sizes[1:])))
-    assert_steps_match(backend, sizes, dtype, for_network(batches, sizes), hyper=HYPERS[name])
+def test_adam_dropout_and_max_norm_steps_match_the_reference(step_backend, batches, name, sizes, dtype):
+    skip_if_slow(step_backend, B * sum(a * b for a, b in zip(sizes, sizes[1:])))
+    assert_steps_match(step_backend, sizes, dtype, for_network(batches, sizes), hyper=HYPERS[name])
 
 
 def test_train_step_returns_python_numbers_like_the_reference(batches):
@@ -132,7 +133,7 @@ def test_numba_bitwise_determinism_holds_at_three_threads_on_a_smaller_machine()
     """numba starts no more threads than NUMBA_NUM_THREADS (the core count): on a 2-core machine the
     test above runs again in a process allowed 3."""
     env = {**os.environ, "NUMBA_NUM_THREADS": "3"}
-    result = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k",
+    result = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-n", "0", "-k",
                              "bitwise_deterministic_for_any_thread_count"], env=env, capture_output=True, text=True,
                             timeout=900)
     assert result.returncode == 0, result.stdout[-3000:]
@@ -163,8 +164,9 @@ def test_numba_refuses_a_scratch_too_small(batches):
                         HYPER)
 
 
-@pytest.mark.parametrize("sizes, dtype", [((20, 16, 10), np.float32), ((13, 9, 7, 10), np.float64),
-                                          ((784, 128, 10), np.float32)])
+@pytest.mark.parametrize("sizes, dtype", [pytest.param(*case, marks=ON_SIMULATOR) for case in
+                                          [((20, 16, 10), np.float32), ((13, 9, 7, 10), np.float64),
+                                           ((784, 128, 10), np.float32)]])
 def test_cuda_persistent_kernel_follows_the_reference(batches, sizes, dtype):
     """Version 2 of the CUDA train steps (one persistent kernel, one launch per call); version 1 is the
     backend's train_steps, tested above. On a GPU the persistent kernel's blocks meet at grid-wide
