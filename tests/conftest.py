@@ -9,6 +9,7 @@ What the default `uv run pytest` leaves out (pyproject.toml's addopts), each by 
     slow       the README's accuracies, trained on all of MNIST (minutes)
 """
 import os
+import sys
 from pathlib import Path
 
 if "NUMBA_ENABLE_CUDASIM" not in os.environ and not Path("/dev/nvidia0").exists():
@@ -18,6 +19,10 @@ if "NUMBA_ENABLE_CUDASIM" not in os.environ and not Path("/dev/nvidia0").exists(
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "NUMBA_NUM_THREADS" not in os.environ:
     share = (os.cpu_count() or 2) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
     os.environ["NUMBA_NUM_THREADS"] = str(max(2, share))
+# mutmut forks a process per mutant from one that already ran numba's kernels: GNU OpenMP's thread pool
+# does not survive a fork (the child dies, which mutmut would count as a kill); numba's workqueue does
+if "mutmut" in sys.modules:
+    os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
 # scikit-learn's array-API check of FastnnClassifier (NumPy's namespace) runs only with this set, before
 # SciPy is imported; without it the check skips
 os.environ.setdefault("SCIPY_ARRAY_API", "1")

@@ -187,6 +187,18 @@ def test_dropout_keeps_each_unit_with_probability_one_minus_rate_independently()
     assert ops.dropout_keep(8, 8, 5, 5, 0, 0.0).all()
 
 
+def test_dropout_keeps_a_unit_whose_bits_equal_the_threshold():
+    """keep = top 24 bits >= threshold: a rate whose threshold is exactly one unit's bits keeps that unit,
+    and one a step of 2^-24 higher drops it (the edge a `>` would move)."""
+    seed, step, layer = 9, 4, 1
+    row_key = ops.hash32(ops.hash32(ops.hash32(ops.hash32(np.uint64(seed)) ^ np.uint64(step)) ^ np.uint64(layer)))
+    bits = int(ops.hash32(row_key ^ np.uint64(0)) >> np.uint64(8))  # unit 0 of row 0
+    at, above = bits / 2**24, (bits + 1) / 2**24
+    assert ops.dropout_threshold(at) == bits
+    assert ops.dropout_keep(1, 1, seed, step, layer, at)[0, 0]
+    assert not ops.dropout_keep(1, 1, seed, step, layer, above)[0, 0]
+
+
 def test_dropout_forward_scales_what_it_keeps():
     inp = np.full((50, 40), 3.0, np.float32)
     out = np.empty_like(inp)
