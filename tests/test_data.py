@@ -3,6 +3,7 @@ downloads are verified before they land. No test touches the network: the URL op
 import gzip
 import hashlib
 import io
+import re
 import urllib.error
 from pathlib import Path
 
@@ -132,10 +133,19 @@ BROKEN = {
     "damaged gz": lambda: gzip.compress(idx_bytes(IMAGES))[:10] + b"\xff" * 50,  # invalid deflate block
     "bad gz crc": lambda: flip(gzip.compress(idx_bytes(IMAGES)), -8),
     "truncated header": lambda: idx_bytes(IMAGES)[:10],
+    "two bytes": lambda: b"\x00\x00",  # too short to hold the byte that says how many dimensions follow
+    "magic only": lambda: idx_bytes(IMAGES)[:4],
     "wrong magic": lambda: idx_bytes(IMAGES, magic=0x00000903),  # 0x09: signed bytes
     "wrong count": lambda: idx_bytes(IMAGES, dims=(3, 28, 28)),
     "trailing bytes": lambda: idx_bytes(IMAGES) + b"\x00",
 }
+
+
+# what the one line says of each damage, besides the file and the remedy
+SAYS = {"truncated raw": "the header says (2, 28, 28) = 1568 bytes of data but the file holds 1468",
+        "trailing bytes": "holds 1569", "wrong count": "(3, 28, 28) = 2352 bytes of data but the file holds 1568",
+        "two bytes": "truncated inside the IDX header (2 bytes)", "magic only": "truncated inside the IDX header (4 bytes)",
+        "truncated header": "truncated inside the IDX header (10 bytes)", "wrong magic": "magic number 0x00000903"}
 
 
 @pytest.mark.parametrize("kind", BROKEN)
@@ -147,6 +157,24 @@ def test_damaged_idx_file_raises_one_line_naming_it(tmp_path, kind):
     message = str(info.value)
     assert str(path) in message and "\n" not in message
     assert "delete it and run again" in message
+    assert SAYS.get(kind, "") in message
+
+
+def test_an_idx_file_of_no_items_reads_as_empty(tmp_path):
+    (tmp_path / "labels").write_bytes(idx_bytes(np.zeros(0, np.uint8)))  # a header and nothing after it
+    assert read_idx(tmp_path / "labels").shape == (0,)
+
+
+def test_an_unreadable_file_is_one_line(tmp_path):
+    with pytest.raises(FastnnError, match=rf"cannot read {tmp_path}: Is a directory"):
+        read_idx(tmp_path)
+
+
+def test_a_damaged_file_in_a_data_dir_is_named(tmp_path):
+    link_files(tmp_path, BUNDLED, [stem for stem in FILES.values() if stem != FILES["test_labels"]])
+    (tmp_path / FILES["test_labels"]).write_bytes(idx_bytes(np.zeros(10, np.uint8))[:-1])
+    with pytest.raises(FastnnError, match=rf"^{tmp_path / FILES['test_labels']}: the header says \(10,\)"):
+        load_dataset("mnist", data_dir=tmp_path, download=False)
 
 
 def test_flipped_byte_fails_the_checksum(tmp_path):
@@ -171,7 +199,8 @@ def test_images_and_labels_must_agree(tmp_path, monkeypatch, split, n_labels, to
         label_path = tmp_path / FILES[f"{part}_labels"]
         label_path.write_bytes(idx_bytes(np.linspace(0, top, n).astype(np.uint8)))
     monkeypatch.setitem(SHA256, "mnist", {stem: ("", sha256(tmp_path / stem)) for stem in FILES.values()})
-    with pytest.raises(FastnnError, match=f"mnist {split}: .*pass --data-dir DIR"):
+    says = "images (5, 28, 28) do not match labels (4,)" if n_labels == 4 else "label 10 is outside 0..9"
+    with pytest.raises(FastnnError, match=rf"mnist {split}: {re.escape(says)}: pass --data-dir DIR"):
         load_dataset("mnist", data_dir=tmp_path, download=False)
 
 

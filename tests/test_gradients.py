@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fastnn import ops
-from fastnn.step import SGD, Data, Hyper, Layers, training_state
+from fastnn.step import SGD, Data, Hyper, Layers, Steps, training_state
 
 EPS = 1e-6  # central differences in float64: truncation ~EPS^2, rounding ~1e-16/EPS, both << 1e-7
 
@@ -240,3 +240,15 @@ def test_train_step_gradients_of_the_whole_model_match_finite_differences(hidden
     for w, dw, b, db in zip(weights, state.grads.weights, biases, state.grads.biases):
         np.testing.assert_allclose(dw, numerical_gradient(loss, w), rtol=1e-6, atol=1e-8)
         np.testing.assert_allclose(db, numerical_gradient(loss, b), rtol=1e-6, atol=1e-8)
+
+
+def test_train_steps_returns_float64_losses_and_int64_counts_of_each_step():
+    rng = np.random.default_rng(6)
+    B, C, K = 4, 5, 3
+    params = Layers((rng.standard_normal((C, K)),), (np.zeros(K),))
+    data = Data(rng.standard_normal((8, C)), rng.integers(0, K, 8), 1.0)
+    steps = Steps(np.arange(8).reshape(2, B), np.array([0.1, 0.1]), np.array([1, 2]))
+    losses, n_correct = ops.train_steps(*training_state(ops, params, B), data, steps, Hyper(optimizer=SGD))
+    assert losses.shape == n_correct.shape == (2,)
+    assert losses.dtype == np.float64 and n_correct.dtype == np.int64
+    assert ((0 <= n_correct) & (n_correct <= B)).all() and (losses > 0).all()
