@@ -33,9 +33,7 @@ ON_SIMULATOR = [pytest.mark.simulator] if SIMULATED else []
 
 def is_simulated(ops):
     """True for the CUDA backend running in numba-cuda's simulator: one Python thread per CUDA thread."""
-    from numba import config
-
-    return ops.__name__ == "kernels.cuda" and bool(config.ENABLE_CUDASIM)
+    return ops.__name__ == "kernels.cuda" and SIMULATED
 
 
 def skip_if_slow(ops, macs, limit=20_000):
