@@ -13,16 +13,19 @@ How train_steps computes a step:
   weight gradient adds each non-zero pixel's share into that pixel's weight row. The work is
   proportional to the non-zeros.
 - Every dense product (hidden layers' forward, input gradient and weight gradient; the last layer)
-  runs on one register block, _dot_tile: 4 x 4 outputs, each a sum along an axis contiguous in both
-  operands, which LLVM vectorises with the 16 sums in vector registers. For that, each kernel also
-  writes the transpose of what it produces (cheaply, a tile at a time) for the kernel that reads it
-  along the other axis, and the updates keep each weight's transpose current, in the scratch memory.
-- The last layer (the K classes) and the loss run per block of four samples.
+  runs on one micro-kernel, _tile_intrinsic: BLIS's outer-product form, a tile of TILE_ROWS x
+  (TILE_VECTORS x 64 bytes) sums held in vector registers for the whole sum, written in LLVM IR
+  through numba's intrinsic API (numba cannot be made to emit it from Python source). _product
+  wraps it in BLIS's loops: blocks of the sum, the second operand packed per block (read as b or as
+  b.T: the input gradient reads the weight transposed, so no transpose of it is kept), tiles at the
+  edges masked. The forward kernels also write the transpose of their output, a tile at a time, for
+  the weight gradient that sums over the batch.
+- The last layer (the K classes) and the loss run per block of TILE_ROWS samples.
 - Dropout happens in the epilogues of the kernels that produce an activation (the gathered pixels,
   each hidden layer's ReLU), its mask bits hashed from (seed, step, layer, row, unit) as
-  fastnn.ops.dropout_keep draws them; the updates (SGD or Adam, chosen once per block) run in the
-  weight-gradient kernels; max-norm, when on, is one more region per layer after them.
-A step is 2L + 1 parallel regions for L layers, each a loop over fixed-size blocks of its outputs.
+  fastnn.ops.dropout_keep draws them; the updates (SGD or Adam, chosen once per block) follow each
+  weight gradient, in contiguous chunks; max-norm, when on, is one more region per layer after them.
+A step is about 3L parallel regions for L layers, each a loop over fixed-size blocks of its outputs.
 
 Parallelism: each block of outputs is owned by one iteration, which adds in a fixed order: results
 are bitwise identical run to run and for any number of threads, and more cores take more blocks.
@@ -38,11 +41,16 @@ Every jitted function that train_steps calls, and every tunable they read, lives
 numba's cache notices changes to a function's own file only. The numbered versions that led here are
 in kernels/dev/.
 """
+from functools import partial
 from typing import NamedTuple
 
 import numba
 import numpy as np
-from numba import njit, prange, uint64
+from llvmlite import binding, ir
+from numba import njit, prange, types, uint64
+from numba.core import cgutils
+from numba.extending import intrinsic
+from numba.np.ufunc.parallel import _iget_num_threads
 
 from fastnn.step import ADAM, ADAMW, SGD, Steps
 
@@ -53,11 +61,25 @@ from fastnn.step import ADAM, ADAMW, SGD, Steps
 # Every fast-math flag except nnan/ninf: NaN and inf keep their meaning (a diverged loss stays NaN).
 # reassoc + contract are what let float reductions vectorise and fuse into FMAs (5x without them).
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
-# A dense product's parallel task: a panel of PANEL_ROWS x PANEL_COLS outputs. Column panels run
-# outermost, so a thread's consecutive panels share the same 64 rows of the second operand (64 x 1024
-# floats = 256 KiB), which stay in its L2 while the rows of the first stream past.
-PANEL_ROWS = 16
+# The micro-kernel's tile (_tile_intrinsic): TILE_ROWS rows x TILE_VECTORS vectors of VECTOR_BYTES
+# (16 float32 or 8 float64 each), that many vector registers of sums. Chosen by measurement
+# (`python -m kernels.dev.tile_shapes`). With 32 vector registers (AVX-512): 12 x 2, 24 registers of
+# sums, 2 for the row of b, 1 broadcast. With 16 (AVX2: a 64-byte vector is two ymm): 6 x 1, 12 of
+# them, BLIS's Haswell shape; any other CPU takes that too.
+VECTOR_BYTES = 64
+TILE_ROWS, TILE_VECTORS = (12, 2) if binding.get_host_cpu_features().get("avx512f") else (6, 1)
+# BLIS's blocking around the micro-kernel (_product), measured with `python -m kernels.dev.tile_shapes`
+# on the 2-core AVX-512 machine (docs/numba.md): a block of the sum is DEPTH_BLOCK terms deep; a
+# parallel task is a panel of PANEL_ROWS x PANEL_COLS outputs, multiples of a tile's rows and of its
+# columns in either dtype. Each task packs its columns of b once per depth block and reuses them for
+# all its rows, so tall panels pack less often: 48 rows ran the 1024-wide products at 0.70x of BLAS,
+# 192 at 0.85x, 264 at 0.9x (one panel for a batch of 256). Column panels run outermost, so a thread's
+# consecutive panels share the same columns of b.
+DEPTH_BLOCK = 256
+PANEL_ROWS = 264  # 22 tiles of 12 rows, 44 of 6
 PANEL_COLS = 64
+# Floats of a thread's packed block of b (_product): DEPTH_BLOCK x PANEL_COLS.
+PACK_SIZE = DEPTH_BLOCK * PANEL_COLS
 # The sparse weight gradient's parallel task: PIXEL_BLOCK rows of the first weight (at most 64: a
 # bit mask of int64 records which rows the batch touched).
 PIXEL_BLOCK = 16
@@ -163,35 +185,23 @@ def prepare_data(images, labels, scale):
 def scratch_size(sizes, batch_size):
     """Floats of StepBuffers.scratch that train_steps uses for layer sizes (C_0, ..., K).
 
-    First what lasts from step to step: weight.T of every layer, which the updates keep current.
-    Then what each step rewrites: each sample's loss and whether it was classified right (summed in
+    Each step rewrites all of it: each sample's loss and whether it was classified right (summed in
     sample order after the step); for sparse images, where each sample's non-zeros cross into each
-    block of PIXEL_BLOCK pixels (int32); and the transposes of every layer's input and output gradient.
+    block of PIXEL_BLOCK pixels (int32); and the transpose of every layer's input (the weight
+    gradients read it).
     """
     B = batch_size
     total = 2 * B + B * (_cdiv(sizes[0], PIXEL_BLOCK) + 1)
     for l in range(len(sizes) - 1):
-        total += sizes[l] * sizes[l + 1] + (sizes[l] + sizes[l + 1]) * B
+        total += sizes[l] * B
     return total
 
 
 @njit(cache=True)
-def _weight_t(scratch, weights, l):
-    """Layer l's weight.T (C_l+1, C_l): the transposes come first, one after another."""
-    offset = 0
-    for i in range(l):
-        offset += weights[i].size
-    C, OC = weights[l].shape
-    return scratch[offset:offset + C * OC].reshape((OC, C))
-
-
-@njit(cache=True)
 def _step_parts(scratch, weights, B):
-    """What a step of B rows rewrites, after the weight transposes: (losses (B,), correct (B,),
-    pixel-block starts (B, blocks + 1) int32, offset of the per-layer transposes)."""
+    """The start of the scratch for a step of B rows: (losses (B,), correct (B,), pixel-block starts
+    (B, blocks + 1) int32, offset of the per-layer transposes)."""
     offset = 0
-    for w in weights:
-        offset += w.size
     n = _cdiv(weights[0].shape[0], PIXEL_BLOCK) + 1
     losses, correct = scratch[offset:offset + B], scratch[offset + B:offset + 2 * B]
     # int32 positions in the float scratch: as many of them as floats (float32), or twice as many
@@ -200,74 +210,197 @@ def _step_parts(scratch, weights, B):
 
 
 @njit(cache=True)
-def _transposes(scratch, weights, B, l):
-    """Layer l's (inp.T (C_l, B), dout.T (C_l+1, B)) for a step of B rows."""
+def _input_t(scratch, weights, B, l):
+    """Layer l's inp.T (C_l, B) for a step of B rows."""
     offset = _step_parts(scratch, weights, B)[3]
     for i in range(l):
-        offset += (weights[i].shape[0] + weights[i].shape[1]) * B
-    C, OC = weights[l].shape
-    inp_t = scratch[offset:offset + C * B].reshape((C, B))
-    return inp_t, scratch[offset + C * B:offset + (C + OC) * B].reshape((OC, B))
+        offset += weights[i].shape[0] * B
+    C = weights[l].shape[0]
+    return scratch[offset:offset + C * B].reshape((C, B))
 
 
-# ---- the register block every dense product is made of ---------------------------------------------
+# ---- the micro-kernel every dense product is made of ------------------------------------------------
+def _tile_intrinsic(rows, vectors):
+    """The micro-kernel: a numba intrinsic that computes one tile of a product in LLVM vector code.
+
+        _tile(out, i0, j0, a, a_start, a_row, b, b_start, depth, n_rows, n_cols, accumulate)
+        out[i0 + i, j0 + j] (+)= sum over k < depth of A[i, k] * B[k, j]   for i < n_rows, j < n_cols
+        where A[i, k] = a.flat[a_start + i * a_row + k]   (rows of a product's left operand)
+              B[k, j] = b.flat[b_start + k * width + j]   (a packed panel: width = rows of vectors)
+
+    Outer-product form, as BLIS, OpenBLAS and MKL micro-kernels: the tile, `rows` x `vectors` vectors
+    of VECTOR_BYTES, stays in vector registers for the whole k loop, where each step loads `vectors`
+    vectors of a row of B, broadcasts `rows` scalars of a column of A, and issues rows * vectors FMAs.
+    LLVM does not build this from scalar code (it leaves 100+ loop-carried sums scalar and spills
+    them: docs/numba.md), so the loop is written here as LLVM IR. It splits a 64-byte vector into the
+    registers the CPU has (one zmm, two ymm, four NEON q).
+
+    out: 2-D C-contiguous; a, b: C-contiguous, any number of dimensions; one float dtype; no bounds
+    checks. B is a whole width wide (the packing pads the edge), so the loop loads whole vectors.
+    n_rows in 1..rows: rows past it compute on row n_rows - 1 again and are not stored. n_cols in
+    0..width: columns past it are masked off in the load and store of out (LLVM's masked load and
+    store: no memory past them is touched). accumulate: 0 overwrites the tile, else adds to it.
+    """
+    @intrinsic
+    def tile(typingctx, out, i0, j0, a, a_start, a_row, b, b_start, depth, n_rows, n_cols, accumulate):
+        arrays = (out, a, b)
+        if not (all(isinstance(x, types.Array) and x.layout == "C" and x.dtype == out.dtype for x in arrays)
+                and out.ndim == 2 and out.dtype in (types.float32, types.float64)):
+            return None  # numba then reports that no signature matches
+        index = types.intp
+        signature = types.void(out, index, index, a, index, index, b, index, index, index, index, index)
+        return signature, partial(_emit_tile, rows, vectors)
+    return tile
+
+
+def _emit_tile(rows, vectors, context, builder, signature, args):
+    """The LLVM IR of _tile_intrinsic(rows, vectors)'s tile, at the builder's position."""
+    out_, i0, j0, a_, a_start, a_row, b_, b_start, depth, n_rows, n_cols, accumulate = args
+    dtype = signature.args[0].dtype
+    real = context.get_value_type(dtype)  # float or double
+    size = dtype.bitwidth // 8
+    width = VECTOR_BYTES // size  # lanes per vector: 16 float32, 8 float64
+    vec = ir.VectorType(real, width)
+    i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+    out, a, b = (context.make_array(signature.args[n])(context, builder, x) for n, x in ((0, out_), (3, a_), (6, b_)))
+    out_row_length = builder.extract_value(out.shape, 1)
+
+    def index(i):
+        return ir.Constant(i64, i)
+
+    def splat(x, ty):  # x in every lane
+        one = builder.insert_element(ir.Constant(ir.VectorType(ty, width), ir.Undefined), x, ir.Constant(i32, 0))
+        return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(i32, width), [0] * width))
+
+    name = f"v{width}f{dtype.bitwidth}"
+    mask_type = ir.VectorType(i1, width)
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3), f"llvm.fma.{name}")
+    masked_load = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vec, [vec.as_pointer(), i32, mask_type, vec]), f"llvm.masked.load.{name}.p0")
+    masked_store = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), i32, mask_type]),
+        f"llvm.masked.store.{name}.p0")
+    zero = ir.Constant(vec, [0.0] * width)
+    align = ir.Constant(i32, size)
+
+    # before the loop: where each row of A starts (past n_rows: row n_rows - 1 again) and where B does
+    last_row = builder.sub(n_rows, index(1))
+    a_rows = []
+    for i in range(rows):
+        row = builder.select(builder.icmp_signed("<", index(i), n_rows), index(i), last_row)
+        a_rows.append(builder.gep(a.data, [builder.add(a_start, builder.mul(row, a_row))]))
+    b_panel = builder.gep(b.data, [b_start])
+
+    # the k loop; its loop-carried values (k and the rows * vectors sums) come first in its block
+    before = builder.block
+    body, after = builder.append_basic_block("tile.k"), builder.append_basic_block("tile.done")
+    builder.cbranch(builder.icmp_signed("<", index(0), depth), body, after)
+    builder.position_at_end(body)
+    k = builder.phi(i64)
+    sums = [[builder.phi(vec) for _ in range(vectors)] for _ in range(rows)]
+    b_row = builder.gep(b_panel, [builder.mul(k, index(vectors * width))])  # &B[k, 0]
+    b_k = [builder.load(builder.bitcast(builder.gep(b_row, [index(v * width)]), vec.as_pointer()), align=size)
+           for v in range(vectors)]  # B[k, v * width:(v + 1) * width]
+    new = []
+    for i in range(rows):
+        a_ik = splat(builder.load(builder.gep(a_rows[i], [k])), real)  # A[i, k] in every lane
+        new.append([builder.call(fma, [a_ik, b_k[v], sums[i][v]]) for v in range(vectors)])
+    k_next = builder.add(k, index(1))
+    end = builder.block
+    k.add_incoming(index(0), before)
+    k.add_incoming(k_next, end)
+    for i in range(rows):
+        for v in range(vectors):
+            sums[i][v].add_incoming(zero, before)
+            sums[i][v].add_incoming(new[i][v], end)
+    builder.cbranch(builder.icmp_signed("<", k_next, depth), body, after)
+
+    # the tile into out: whole vectors, or masked ones at the edge; rows past n_rows not at all
+    builder.position_at_end(after)
+    tile = [[builder.phi(vec) for _ in range(vectors)] for _ in range(rows)]  # zeros for depth 0
+    for i in range(rows):
+        for v in range(vectors):
+            tile[i][v].add_incoming(zero, before)
+            tile[i][v].add_incoming(new[i][v], end)
+    adding = builder.icmp_signed("!=", accumulate, index(0))
+    lanes = ir.VectorType(i64, width)
+    masks = [builder.icmp_signed("<", ir.Constant(lanes, [v * width + l for l in range(width)]), splat(n_cols, i64))
+             for v in range(vectors)]  # lane l of vector v is a real column
+
+    def store_rows(edge):
+        for i in range(rows):
+            with builder.if_then(builder.icmp_signed("<", index(i), n_rows), likely=True):
+                start = builder.add(builder.mul(builder.add(i0, index(i)), out_row_length), j0)
+                for v in range(vectors):
+                    pointer = builder.bitcast(builder.gep(out.data, [builder.add(start, index(v * width))]),
+                                              vec.as_pointer())
+                    old = (builder.call(masked_load, [pointer, align, masks[v], zero]) if edge
+                           else builder.load(pointer, align=size))
+                    total = builder.select(adding, builder.fadd(old, tile[i][v]), tile[i][v])
+                    if edge:
+                        builder.call(masked_store, [total, pointer, align, masks[v]])
+                    else:
+                        builder.store(total, pointer, align=size)
+
+    with builder.if_else(builder.icmp_signed("==", n_cols, index(vectors * width)), likely=True) as (whole, edge):
+        with whole:
+            store_rows(False)
+        with edge:
+            store_rows(True)
+    return context.get_dummy_value()
+
+
+_tile = _tile_intrinsic(TILE_ROWS, TILE_VECTORS)
+
+
 @njit(fastmath=FASTMATH, cache=True)
-def _dot_tile(out, a, bt, i0, j0):
-    """out[i0:i0+4, j0:j0+4] = a[i0:i0+4] (4, K) @ bt[j0:j0+4] (4, K).T.
+def _pack(panel, b, k0, k1, j0, j1, width, transposed):
+    """panel <- B[k0:k1, j0:j1] in the micro-kernel's layout: for each tile's columns j, j + width, a
+    (k1 - k0, width) block, contiguous, zeros past j1 (so that the micro-kernel loads whole vectors).
+    B is b, or b.T if transposed (then b's rows are read along k and the panel written across)."""
+    depth = k1 - k0
+    for j in range(j0, j1, width):
+        n = min(width, j1 - j)
+        start = (j - j0) * depth  # (j - j0) // width tiles before this one, depth * width floats each
+        # unsigned indices: a signed one gets numba's negative-index check, which stops vectorisation
+        for k in range(uint64(0), uint64(depth)):
+            for c in range(uint64(n), uint64(width)):
+                panel[uint64(start) + k * uint64(width) + c] = 0
+        if transposed:
+            for c in range(n):
+                for k in range(uint64(0), uint64(depth)):
+                    panel[uint64(start + c) + k * uint64(width)] = b[j + c, uint64(k0) + k]
+        else:
+            for k in range(uint64(0), uint64(depth)):
+                row, source = uint64(start) + k * uint64(width), uint64(k0) + k
+                for c in range(uint64(0), uint64(n)):
+                    panel[row + c] = b[source, uint64(j) + c]
 
-    Dot-product form: both operands are contiguous along K, so LLVM vectorises the k loop and keeps
-    the 16 sums in vector registers: 8 vector loads feed 16 FMAs (with AVX-512: 16 zmm accumulators;
-    `python -m kernels.dev.dense --asm` prints the loop). Spelling out the 16 scalars is what makes
-    LLVM do it; a 4 x 4 array of sums would live in memory.
+
+@njit(fastmath=FASTMATH, cache=True)
+def _product(out, a, b, i0, i1, j0, j1, packs, transposed):
+    """out[i0:i1, j0:j1] = a[i0:i1] (., K) @ B (K, .)[:, j0:j1], tile by tile, PANEL_COLS columns at a
+    time; B is b, or b.T if transposed (an int: numba compiles a function anew for each bool constant).
+
+    BLIS's loops around the micro-kernel. The sum is cut in blocks of DEPTH_BLOCK; for each, the block
+    of b is packed (this thread's row of packs: PACK_SIZE floats) so that the micro-kernel reads it as
+    one contiguous stream, which the hardware prefetcher follows (rows of b 4 KiB apart defeat it: a
+    1024-wide product ran at 0.5x of BLAS unpacked). Each tile's rows of a (TILE_ROWS x DEPTH_BLOCK)
+    then stay in L1 while the tiles of the panel's columns pass; a block after the first adds to what
+    the tiles hold.
     """
     K = a.shape[1]
-    zero = out.dtype.type(0)
-    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = zero
-    c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = zero
-    for k in range(K):
-        a0, a1, a2, a3 = a[i0, k], a[i0 + 1, k], a[i0 + 2, k], a[i0 + 3, k]
-        b0, b1, b2, b3 = bt[j0, k], bt[j0 + 1, k], bt[j0 + 2, k], bt[j0 + 3, k]
-        c00 += a0 * b0
-        c01 += a0 * b1
-        c02 += a0 * b2
-        c03 += a0 * b3
-        c10 += a1 * b0
-        c11 += a1 * b1
-        c12 += a1 * b2
-        c13 += a1 * b3
-        c20 += a2 * b0
-        c21 += a2 * b1
-        c22 += a2 * b2
-        c23 += a2 * b3
-        c30 += a3 * b0
-        c31 += a3 * b1
-        c32 += a3 * b2
-        c33 += a3 * b3
-    out[i0, j0], out[i0, j0 + 1], out[i0, j0 + 2], out[i0, j0 + 3] = c00, c01, c02, c03
-    out[i0 + 1, j0], out[i0 + 1, j0 + 1], out[i0 + 1, j0 + 2], out[i0 + 1, j0 + 3] = c10, c11, c12, c13
-    out[i0 + 2, j0], out[i0 + 2, j0 + 1], out[i0 + 2, j0 + 2], out[i0 + 2, j0 + 3] = c20, c21, c22, c23
-    out[i0 + 3, j0], out[i0 + 3, j0 + 1], out[i0 + 3, j0 + 2], out[i0 + 3, j0 + 3] = c30, c31, c32, c33
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _dot_rows(a, i, bt, j):
-    """sum(a[i] * bt[j]): one vectorised reduction, for the edges of a block."""
-    total = a.dtype.type(0)
-    for k in range(a.shape[1]):
-        total += a[i, k] * bt[j, k]
-    return total
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _dot_block(out, a, bt, i0, i1, j0, j1):
-    """out[i0:i1, j0:j1] = a[i0:i1] @ bt[j0:j1].T: 4 x 4 tiles, single sums at the edges."""
-    i_tiles, j_tiles = i0 + (i1 - i0) // 4 * 4, j0 + (j1 - j0) // 4 * 4
-    for i in range(i0, i_tiles, 4):
-        for j in range(j0, j_tiles, 4):
-            _dot_tile(out, a, bt, i, j)  # (4, 4)
-    for i in range(i0, i1):
-        for j in range(j_tiles if i < i_tiles else j0, j1):
-            out[i, j] = _dot_rows(a, i, bt, j)
+    width = TILE_VECTORS * (VECTOR_BYTES // out.itemsize)
+    panel = packs[numba.get_thread_id()]  # a thread's own: two tasks never run at once on one thread
+    for c0 in range(j0, j1, PANEL_COLS):  # one pass in the parallel kernels, whose panels are this wide
+        c1 = min(c0 + PANEL_COLS, j1)
+        for k0 in range(0, max(K, 1), DEPTH_BLOCK):  # K = 0 still writes the zeros of an empty sum
+            depth = min(k0 + DEPTH_BLOCK, K) - k0
+            _pack(panel, b, k0, k0 + depth, c0, c1, width, transposed)
+            for i in range(i0, i1, TILE_ROWS):
+                for j in range(c0, c1, width):
+                    _tile(out, i, j, a, i * K + k0, K, panel, (j - c0) * depth, depth, min(TILE_ROWS, i1 - i),
+                          min(width, c1 - j), k0)
 
 
 @njit(cache=True)
@@ -279,10 +412,15 @@ def _panel(p, n_row_panels, M, N):
 
 @njit(fastmath=FASTMATH, cache=True)
 def _store_t(out_t, out, i0, i1, j0, j1):
-    """out_t[j0:j1, i0:i1] = out[i0:i1, j0:j1].T: a block just computed, still in L1."""
-    for j in range(j0, j1):
-        for i in range(uint64(i0), uint64(i1)):
-            out_t[j, i] = out[i, j]
+    """out_t[j0:j1, i0:i1] = out[i0:i1, j0:j1].T: a block just computed, still in L2.
+
+    16 rows of out at a time, whose cache lines stay in L1 while the columns pass (a whole panel's
+    rows do not fit: down 264 rows, each read missed L1 and the transpose took longer than the product).
+    """
+    for r0 in range(i0, i1, 16):
+        for j in range(j0, j1):
+            for i in range(uint64(r0), uint64(min(r0 + 16, i1))):
+                out_t[j, i] = out[i, j]
 
 
 @njit(cache=True)
@@ -418,21 +556,21 @@ def adam_update(param, grad, moment1, moment2, lr, step, beta1, beta2, eps, weig
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _max_norm_columns(weight, weight_t, factors, limit):
-    """Columns of weight (C, OC) whose L2 norm exceeds limit scaled to norm limit, and the rows of
-    weight_t (OC, C) with them unless it has no rows; factors (>= OC,) is working memory."""
+def _max_norm_columns(weight, factors, limit):
+    """Columns of weight (C, OC) whose L2 norm exceeds limit scaled to norm limit; factors (>= OC,) is
+    working memory."""
     C, OC = weight.shape
     limit = weight.dtype.type(limit)
-    # prange over blocks of PANEL_COLS columns: iteration owns those columns of weight, rows of
-    # weight_t and entries of factors; each norm is summed row by row, the same order for any threads
+    # prange over blocks of PANEL_COLS columns: iteration owns those columns of weight and entries of
+    # factors; each norm is summed row by row, the same order for any threads
     for task in prange(_cdiv(OC, PANEL_COLS)):
         block = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
         j0, j1 = block * PANEL_COLS, min(block * PANEL_COLS + PANEL_COLS, OC)
-        _max_norm_block(weight, weight_t, factors, limit, j0, j1)
+        _max_norm_block(weight, factors, limit, j0, j1)
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _max_norm_block(weight, weight_t, factors, limit, j0, j1):
+def _max_norm_block(weight, factors, limit, j0, j1):
     """Columns j0:j1 of _max_norm_columns."""
     C = weight.shape[0]
     for j in range(j0, j1):
@@ -450,16 +588,12 @@ def _max_norm_block(weight, weight_t, factors, limit, j0, j1):
     for c in range(C):  # a factor of 1 changes no bit
         for j in range(uint64(j0), uint64(j1)):
             weight[c, j] *= factors[j]
-    if weight_t.shape[0] > 0:  # the same products, so weight_t stays weight.T bit for bit
-        for j in range(j0, j1):
-            for c in range(C):
-                weight_t[j, c] *= factors[j]
 
 
 @njit(cache=True)
 def max_norm(weight, limit):
     """Scale each column of weight (C, OC) down to L2 norm <= limit, in place: fastnn.ops.max_norm."""
-    _max_norm_columns(weight, weight[:0], np.empty(weight.shape[1], weight.dtype), limit)
+    _max_norm_columns(weight, np.empty(weight.shape[1], weight.dtype), limit)
 
 
 # ---- dropout ----------------------------------------------------------------------------------------
@@ -552,8 +686,8 @@ def _gather_row(inp, targets, b, images, labels, row, scale):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _dense_forward(out, out_t, inp, weight_t, bias, floor, drop):
-    """out (B, OC) = max(inp (B, C) @ weight_t (OC, C).T + bias (OC), floor): floor 0 is the ReLU,
+def _dense_forward(out, out_t, inp, weight, bias, floor, drop, packs):
+    """out (B, OC) = max(inp (B, C) @ weight (C, OC) + bias (OC), floor): floor 0 is the ReLU,
     -inf none; then dropout under drop (a _dropout_key; threshold 0: none); out_t (OC, B) = out.T
     unless it has no rows (the weight gradient of the next layer reads it). Flags are numbers and
     shapes, not booleans: numba compiles a function anew for each boolean constant it is called with."""
@@ -562,13 +696,13 @@ def _dense_forward(out, out_t, inp, weight_t, bias, floor, drop):
     # prange over panels of outputs: iteration p owns its panel of out and out_t
     for task in prange(n_row_panels * _cdiv(OC, PANEL_COLS)):
         p = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
-        _forward_panel(out, out_t, inp, weight_t, bias, floor, drop, *_panel(p, n_row_panels, B, OC))
+        _forward_panel(out, out_t, inp, weight, bias, floor, drop, packs, *_panel(p, n_row_panels, B, OC))
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _forward_panel(out, out_t, inp, weight_t, bias, floor, drop, i0, i1, j0, j1):
+def _forward_panel(out, out_t, inp, weight, bias, floor, drop, packs, i0, i1, j0, j1):
     """Panel [i0:i1, j0:j1] of _dense_forward."""
-    _dot_block(out, inp, weight_t, i0, i1, j0, j1)  # (i1 - i0, j1 - j0)
+    _product(out, inp, weight, i0, i1, j0, j1, packs, 0)  # (i1 - i0, j1 - j0)
     for i in range(i0, i1):  # bias, ReLU and dropout while the panel is in L1
         for j in range(uint64(j0), uint64(j1)):
             value = out[i, j] + bias[j]
@@ -578,24 +712,34 @@ def _forward_panel(out, out_t, inp, weight_t, bias, floor, drop, i0, i1, j0, j1)
         _store_t(out_t, out, i0, i1, j0, j1)
 
 
+@njit(cache=True)
+def _packs(dtype):
+    """Working memory for _product: a row of PACK_SIZE for each thread numba runs now."""
+    # numba's own intrinsic behind numba.get_num_threads(), whose jitted form reads a ctypes pointer
+    # and so cannot be cached (numba then refuses to cache every caller)
+    return np.empty((_iget_num_threads(), PACK_SIZE), dtype)
+
+
 @njit(fastmath=FASTMATH, cache=True)
-def _transposed(weight):
-    """A new (OC, C) copy of weight (C, OC).T, for the single ops (not in the training loop)."""
-    weight_t = np.empty((weight.shape[1], weight.shape[0]), weight.dtype)
-    _transpose(weight_t, weight)
-    return weight_t
+def _transposed(x):
+    """A new copy of x (M, N).T, (N, M): linear_backward's input as the weight gradient reads it."""
+    x_t = np.empty((x.shape[1], x.shape[0]), x.dtype)
+    _transpose(x_t, x)
+    return x_t
 
 
 @njit(fastmath=FASTMATH, cache=True)
 def linear_forward(out, inp, weight, bias):
     """out (B, OC) = inp (B, C) @ weight (C, OC) + bias (OC)."""
-    _dense_forward(out, out[:0], inp, _transposed(weight), bias, -np.inf, _dropout_key(0, 0, 0, 0.0, out.dtype.type))
+    _dense_forward(out, out[:0], inp, weight, bias, -np.inf, _dropout_key(0, 0, 0, 0.0, out.dtype.type),
+                   _packs(out.dtype))
 
 
 @njit(fastmath=FASTMATH, cache=True)
 def linear_relu_forward(out, inp, weight, bias):
     """out (B, OC) = relu(inp (B, C) @ weight (C, OC) + bias (OC)): a hidden layer, ReLU in the epilogue."""
-    _dense_forward(out, out[:0], inp, _transposed(weight), bias, 0.0, _dropout_key(0, 0, 0, 0.0, out.dtype.type))
+    _dense_forward(out, out[:0], inp, weight, bias, 0.0, _dropout_key(0, 0, 0, 0.0, out.dtype.type),
+                   _packs(out.dtype))
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -698,32 +842,27 @@ def softmax_cross_entropy(dlogits, logits, targets):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _dense_dweight(dweight, dbias, inp_t, dout_t):
-    """dweight (C, OC) = inp_t (C, B) @ dout_t (OC, B).T; dbias (OC) = dout_t summed along B."""
+def _dense_dweight(dweight, dbias, inp_t, dout, packs):
+    """dweight (C, OC) = inp_t (C, B) @ dout (B, OC); dbias (OC) = dout summed over B."""
     C, OC = dweight.shape
     n_row_panels = _cdiv(C, PANEL_ROWS)
     # prange over panels of dweight: iteration p owns its panel (and those of the first rows dbias's)
     for task in prange(n_row_panels * _cdiv(OC, PANEL_COLS)):
         p = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
-        _dweight_panel(dweight, dbias, inp_t, dout_t, *_panel(p, n_row_panels, C, OC))
+        c0, c1, j0, j1 = _panel(p, n_row_panels, C, OC)
+        _product(dweight, inp_t, dout, c0, c1, j0, j1, packs, 0)  # (c1 - c0, j1 - j0)
+        if c0 == 0:
+            _column_sums(dbias, dout, j0, j1)
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _dweight_panel(dweight, dbias, inp_t, dout_t, c0, c1, j0, j1):
-    """Panel [c0:c1, j0:j1] of _dense_dweight, and dbias[j0:j1] for the panels of the first rows."""
-    _dot_block(dweight, inp_t, dout_t, c0, c1, j0, j1)
-    if c0 == 0:
-        for j in range(j0, j1):
-            dbias[j] = _row_sum(dout_t, j)
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _row_sum(x, j):
-    """sum(x[j]): a bias gradient from a transposed output gradient."""
-    total = x.dtype.type(0)
-    for b in range(x.shape[1]):
-        total += x[j, b]
-    return total
+def _column_sums(total, x, j0, j1):
+    """total[j0:j1] = x[:, j0:j1] summed over the rows, in row order: a bias gradient."""
+    for j in range(uint64(j0), uint64(j1)):
+        total[j] = 0
+    for b in range(x.shape[0]):  # row by row: each pass adds a contiguous run of a row
+        for j in range(uint64(j0), uint64(j1)):
+            total[j] += x[b, j]
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -732,34 +871,31 @@ def linear_backward(dweight, dbias, dout, inp):
 
     dweight (C, OC) = inp (B, C).T @ dout (B, OC); dbias (OC) = dout summed over the batch.
     """
-    _dense_dweight(dweight, dbias, _transposed(inp), _transposed(dout))
+    _dense_dweight(dweight, dbias, _transposed(inp), dout, _packs(dweight.dtype))
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _dense_backward_input(dinp, dinp_t, dout, weight, inp, keep_scale):
-    """dinp (B, C) = (dout (B, OC) @ weight (C, OC).T) * (inp > 0) * keep_scale; dinp_t (C, B) = dinp.T
-    unless it has no rows. inp is 0 where the ReLU was off or dropout dropped the unit; keep_scale is
-    dropout's 1 / (1 - rate) (1: none), by which a kept unit's output was scaled.
-
-    Dot-product form with no transpose needed: dout's rows and weight's rows are both along OC.
-    """
+def _dense_backward_input(dinp, dout, weight, inp, keep_scale, packs):
+    """dinp (B, C) = (dout (B, OC) @ weight (C, OC).T) * (inp > 0) * keep_scale. inp is 0 where the
+    ReLU was off or dropout dropped the unit; keep_scale is dropout's 1 / (1 - rate) (1: none), by
+    which a kept unit's output was scaled."""
     B, C = dinp.shape
     n_row_panels = _cdiv(B, PANEL_ROWS)
-    # prange over panels of dinp: iteration p owns its panel of dinp and dinp_t
+    # prange over panels of dinp: iteration p owns its panel
     for task in prange(n_row_panels * _cdiv(C, PANEL_COLS)):
         p = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
-        _dinp_panel(dinp, dinp_t, dout, weight, inp, keep_scale, *_panel(p, n_row_panels, B, C))
+        i0, i1, j0, j1 = _panel(p, n_row_panels, B, C)
+        _product(dinp, dout, weight, i0, i1, j0, j1, packs, 1)  # (i1 - i0, j1 - j0)
+        _relu_mask(dinp, inp, keep_scale, i0, i1, j0, j1)
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _dinp_panel(dinp, dinp_t, dout, weight, inp, keep_scale, i0, i1, j0, j1):
-    """Panel [i0:i1, j0:j1] of _dense_backward_input."""
-    _dot_block(dinp, dout, weight, i0, i1, j0, j1)
-    for i in range(i0, i1):  # the ReLU mask as a product, as the reference: NaN stays NaN
+def _relu_mask(dinp, inp, keep_scale, i0, i1, j0, j1):
+    """dinp[i0:i1, j0:j1] *= (inp > 0) * keep_scale: the ReLU's (and dropout's) derivative, as a
+    product as in the reference, so that a NaN stays NaN."""
+    for i in range(i0, i1):
         for j in range(uint64(j0), uint64(j1)):
             dinp[i, j] = dinp[i, j] * (inp[i, j] > 0) * keep_scale
-    if dinp_t.shape[0] > 0:
-        _store_t(dinp_t, dinp, i0, i1, j0, j1)
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -768,7 +904,7 @@ def linear_backward_input(dinp, dout, weight, inp):
 
     dinp (B, C) = (dout (B, OC) @ weight (C, OC).T) * (inp > 0), inp being the previous ReLU's output.
     """
-    _dense_backward_input(dinp, dinp[:0], dout, weight, inp, dinp.dtype.type(1))
+    _dense_backward_input(dinp, dout, weight, inp, dinp.dtype.type(1), _packs(dinp.dtype))
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -895,18 +1031,8 @@ def _sparse_update(params, grads, optimizer, data, block_start, dout, lr, number
         block = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
         _sparse_update_rows(block, weight, dweight, m, v, columns, values, scale, block_start, dout, coef, drop_in)
         if block == 0:
-            for j in range(OC):
-                dbias[j] = _column_sum(dout, j)
+            _column_sums(dbias, dout, 0, OC)
             _update_span(bias, dbias, m_b, v_b, coef)
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _column_sum(x, j):
-    """sum(x[:, j]), in row order: a bias gradient."""
-    total = x.dtype.type(0)
-    for b in range(x.shape[0]):
-        total += x[b, j]
-    return total
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -937,122 +1063,48 @@ def _sparse_update_rows(block, weight, dweight, m, v, columns, values, scale, bl
 
 
 # ---- dense layers and the last layer in a training step --------------------------------------------
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _dense_update(l, params, grads, optimizer, weight_t, inp_t, dout_t, lr, number, hyper):
-    """Dense layer l: dweight = inp_t (C, B) @ dout_t (OC, B).T, then the update of weight and the
-    optimizer's state; weight_t (OC, C) follows (the next forward reads it)."""
+@njit(fastmath=FASTMATH, cache=True)
+def _dense_update(l, params, grads, optimizer, inp_t, dout, lr, number, hyper, packs):
+    """Dense layer l: dweight = inp_t (C, B) @ dout (B, OC) and dbias, then the update of the weight,
+    the bias and the optimizer's state.
+
+    Two parallel regions, not one: the update of a panel right after its product (fused, while it is
+    in cache) ran 6x slower on 2 threads than on 1 (185 vs 27 us at 512 x 256), the two cores writing
+    interleaved column panels of the same rows (the L2 prefetchers' streams cross into the other
+    core's lines); in contiguous chunks, as here, it takes ~14 us.
+    """
     weight, dweight, m, v = params.weights[l], grads.weights[l], optimizer.velocity.weights[l], optimizer.second.weights[l]
     bias, dbias, m_b, v_b = params.biases[l], grads.biases[l], optimizer.velocity.biases[l], optimizer.second.biases[l]
     coef = _update_coefs(weight, lr, number, hyper)
-    C, OC = weight.shape
-    n_row_panels = _cdiv(C, PANEL_ROWS)
-    # prange over panels of dweight: iteration p owns that panel of dweight, weight, m, v and weight_t
-    # (and those of the first rows their part of the bias)
-    for task in prange(n_row_panels * _cdiv(OC, PANEL_COLS)):
-        p = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
-        c0, c1, j0, j1 = _panel(p, n_row_panels, C, OC)
-        _update_panel(weight, weight_t, dweight, m, v, inp_t, dout_t, coef, c0, c1, j0, j1)
-        if c0 == 0:
-            for j in range(j0, j1):
-                dbias[j] = _row_sum(dout_t, j)
-                bias[j], m_b[j], v_b[j] = _update_one(bias[j], dbias[j], m_b[j], v_b[j], coef)
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _update_panel(weight, weight_t, dweight, m, v, inp_t, dout_t, coef, c0, c1, j0, j1):
-    """Panel [c0:c1, j0:j1] of _dense_update: its weight gradient, the update, and weight.T."""
-    _dot_block(dweight, inp_t, dout_t, c0, c1, j0, j1)  # (c1 - c0, j1 - j0)
-    _update_block(weight, dweight, m, v, c0, c1, j0, j1, coef)
-    _store_t(weight_t, weight, c0, c1, j0, j1)
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _head_update_columns(weight, weight_t, dweight_t, m, v, dlogits_t, inp_t, coef, c0, c1):
-    """Columns c0:c1 of _head_update's weight_t: their gradient, then the update of weight_t, weight, m, v."""
-    K = weight_t.shape[0]
-    _dot_block(dweight_t, dlogits_t, inp_t, 0, K, c0, c1)  # (K, c1 - c0)
-    for c in range(c0, c1):
-        for j in range(K):
-            w, m[c, j], v[c, j] = _update_one(weight_t[j, c], dweight_t[j, c], m[c, j], v[c, j], coef)
-            weight_t[j, c], weight[c, j] = w, w
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _combine_rows(out, b, coefs, rows):
-    """out[b] (C,) = coefs[b] (K,) @ rows (K, C), rows added four per pass."""
-    K, C = rows.shape
-    for c in range(C):
-        out[b, c] = 0
-    for j in range(0, K - 3, 4):
-        a0, a1, a2, a3 = coefs[b, j], coefs[b, j + 1], coefs[b, j + 2], coefs[b, j + 3]
-        for c in range(C):
-            out[b, c] = out[b, c] + a0 * rows[j, c] + a1 * rows[j + 1, c] + a2 * rows[j + 2, c] + a3 * rows[j + 3, c]
-    for j in range(K - K % 4, K):
-        a = coefs[b, j]
-        for c in range(C):
-            out[b, c] += a * rows[j, c]
+    _dense_dweight(dweight, dbias, inp_t, dout, packs)  # (C, OC), (OC,)
+    _update_flat(weight, dweight, m, v, coef)
+    _update_span(bias, dbias, m_b, v_b, coef)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _head_region(logits, dlogits, dlogits_t, dinp, dinp_t, inp, weight_t, bias, targets, losses, correct, keep_scale):
-    """The last layer and the loss, per block of 4 samples, and the gradient into the layer's input.
+def _head_region(logits, dlogits, dinp, inp, weight, bias, targets, losses, correct, keep_scale, packs):
+    """The last layer and the loss, per block of TILE_ROWS samples, and the gradient into the layer's input.
 
-    logits (B, K) = inp (B, C) @ weight_t (K, C).T + bias; dlogits (B, K) as softmax_cross_entropy,
-    and dlogits_t = dlogits.T; losses[b], correct[b] (1.0 if the largest logit is the target, before
-    any update); dinp (B, C) = (dlogits @ weight_t) * (inp > 0) * keep_scale (as _dense_backward_input)
-    and dinp_t = dinp.T, unless dinp has
+    logits (B, K) = inp (B, C) @ weight (C, K) + bias; dlogits (B, K) as softmax_cross_entropy;
+    losses[b], correct[b] (1.0 if the largest logit is the target, before any update); dinp (B, C) =
+    (dlogits @ weight.T) * (inp > 0) * keep_scale (as _dense_backward_input), unless dinp has
     no rows (a single layer has no hidden layer below it: the pixels need no gradient).
     """
     B, K = logits.shape
-    # prange over blocks of 4 samples: iteration owns their rows of logits, dlogits, dinp, losses,
-    # correct, and their columns of dlogits_t and dinp_t
-    for task in prange(_cdiv(B, 4)):
-        block = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
-        _head_block(logits, dlogits, dlogits_t, dinp, dinp_t, inp, weight_t, bias, targets, losses, correct,
-                    keep_scale, block * 4, min(block * 4 + 4, B))
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _head_block(logits, dlogits, dlogits_t, dinp, dinp_t, inp, weight_t, bias, targets, losses, correct, keep_scale,
-                b0, b1):
-    """Samples b0:b1 of _head_region."""
-    K = logits.shape[1]
-    _dot_block(logits, inp, weight_t, b0, b1, 0, K)  # (b1 - b0, K)
-    for b in range(b0, b1):
-        for k in range(K):
-            logits[b, k] += bias[k]
-        correct[b] = _argmax_row(logits, b) == targets[b]
-        losses[b] = _softmax_xent_row(dlogits, logits, targets, b)
+    # prange over blocks of TILE_ROWS samples: iteration owns their rows of logits, dlogits, dinp,
+    # losses and correct
+    for task in prange(_cdiv(B, TILE_ROWS)):
+        b0 = np.int64(task) * TILE_ROWS  # the parallel loop's index is unsigned: numba would type the body twice
+        b1 = min(b0 + TILE_ROWS, B)
+        _product(logits, inp, weight, b0, b1, 0, K, packs, 0)  # (b1 - b0, K)
+        for b in range(b0, b1):
+            for k in range(K):
+                logits[b, k] += bias[k]
+            correct[b] = _argmax_row(logits, b) == targets[b]
+            losses[b] = _softmax_xent_row(dlogits, logits, targets, b)
         if dinp.shape[0] > 0:
-            _combine_rows(dinp, b, dlogits, weight_t)  # (C,)
-            for c in range(dinp.shape[1]):
-                dinp[b, c] = dinp[b, c] * (inp[b, c] > 0) * keep_scale
-    _store_t(dlogits_t, dlogits, b0, b1, 0, K)
-    if dinp.shape[0] > 0:
-        _store_t(dinp_t, dinp, b0, b1, 0, dinp.shape[1])
-
-
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _head_update(params, grads, optimizer, weight_t, inp_t, dlogits_t, lr, number, hyper):
-    """The last layer: dweight.T (K, C) = dlogits_t (K, B) @ inp_t (C, B).T, then the update of
-    weight_t, weight and the optimizer's state. The gradient is computed transposed, into the layer's
-    gradient buffer used as (K, C) working memory, so that its rows run along C, not K = 10."""
-    l = len(params.weights) - 1
-    weight, m, v = params.weights[l], optimizer.velocity.weights[l], optimizer.second.weights[l]
-    bias, dbias, m_b, v_b = params.biases[l], grads.biases[l], optimizer.velocity.biases[l], optimizer.second.biases[l]
-    C, K = weight.shape
-    dweight_t = grads.weights[l].reshape((K, C))
-    coef = _update_coefs(weight, lr, number, hyper)
-    # prange over blocks of PANEL_COLS columns of weight_t: iteration owns them, in weight_t, weight,
-    # m and v (and the first block the bias)
-    for task in prange(_cdiv(C, PANEL_COLS)):
-        block = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
-        c0, c1 = block * PANEL_COLS, min(block * PANEL_COLS + PANEL_COLS, C)
-        _head_update_columns(weight, weight_t, dweight_t, m, v, dlogits_t, inp_t, coef, c0, c1)
-        if c0 == 0:
-            for j in range(K):
-                dbias[j] = _row_sum(dlogits_t, j)
-            _update_span(bias, dbias, m_b, v_b, coef)
+            _product(dinp, dlogits, weight, b0, b1, 0, dinp.shape[1], packs, 1)  # (b1 - b0, C)
+            _relu_mask(dinp, inp, keep_scale, b0, b1, 0, dinp.shape[1])
 
 
 # ---- the training step ------------------------------------------------------------------------------
@@ -1089,52 +1141,42 @@ def train_steps(params, grads, optimizer, buffers, data, steps, hyper):
     if scratch.size < scratch_size(sizes, B):
         raise ValueError("buffers.scratch is smaller than scratch_size(): allocate the buffers with fastnn.step")
     sparse_first = data.sparse and L > 1  # a single layer is the last layer: it runs on gathered rows
-    for l in range(1 if sparse_first else 0, L):  # weight.T, but a sparse first layer's (it reads weight rows)
-        _transpose(_weight_t(scratch, weights, l), weights[l])
     losses, correct, block_start, _ = _step_parts(scratch, weights, B)
     rows = B if L > 1 else 0  # the gradient into the last hidden layer: none for a single layer
     keep_scale = dtype(1 / (1 - hyper.dropout))  # a kept unit's output and gradient factor
-    factors = np.empty(sizes[1:].max(), dtype)  # max-norm's working memory (serial code: allocating is fine)
+    # working memory (serial code: allocating is fine): max-norm's, and each thread's packed blocks
+    factors, packs = np.empty(sizes[1:].max(), dtype), _packs(weights[0].dtype)
     S = steps.lrs.shape[0]
     step_losses, step_correct = np.empty(S), np.empty(S, np.int64)
     for s in range(S):
         indices, lr, number = steps.indices[s], steps.lrs[s], steps.numbers[s]
         drop_in = _dropout_key(hyper.dropout_seed, number, 0, hyper.input_dropout, dtype)  # acts[0]: the pixels
         if sparse_first:
-            _sparse_forward(acts[1], _transposes(scratch, weights, B, 1)[0], targets, block_start, data, indices,
+            _sparse_forward(acts[1], _input_t(scratch, weights, B, 1), targets, block_start, data, indices,
                             weights[0], biases[0], drop_in,
                             _dropout_key(hyper.dropout_seed, number, 1, hyper.dropout, dtype))  # (B, C_1)
         else:
             gather_batch(acts[0], targets, data, indices)  # (B, C_0)
             if hyper.input_dropout > 0:
                 _dropout_rows(acts[0], acts[0], drop_in)
-            _transpose(_transposes(scratch, weights, B, 0)[0], acts[0])  # (C_0, B), for the first weight gradient
+            _transpose(_input_t(scratch, weights, B, 0), acts[0])  # (C_0, B), for the first weight gradient
         for l in range(1 if sparse_first else 0, L - 1):
-            _dense_forward(acts[l + 1], _transposes(scratch, weights, B, l + 1)[0], acts[l],
-                           _weight_t(scratch, weights, l), biases[l], 0.0,
-                           _dropout_key(hyper.dropout_seed, number, l + 1, hyper.dropout, dtype))  # (B, C_l+1)
-        last_inp_t, dlogits_t = _transposes(scratch, weights, B, L - 1)
-        below = max(L - 2, 0)
-        dinp, dinp_t = douts[below][:rows], _transposes(scratch, weights, B, below)[1][:rows]
-        _head_region(acts[L], douts[L - 1], dlogits_t, dinp, dinp_t, acts[L - 1], _weight_t(scratch, weights, L - 1),
-                     biases[L - 1], targets, losses, correct, keep_scale)
+            _dense_forward(acts[l + 1], _input_t(scratch, weights, B, l + 1), acts[l], weights[l], biases[l], 0.0,
+                           _dropout_key(hyper.dropout_seed, number, l + 1, hyper.dropout, dtype), packs)  # (B, C_l+1)
+        dinp = douts[max(L - 2, 0)][:rows]
+        _head_region(acts[L], douts[L - 1], dinp, acts[L - 1], weights[L - 1], biases[L - 1], targets, losses,
+                     correct, keep_scale, packs)
         for l in range(L - 2, 0, -1):  # gradients into the hidden layers, while every weight is unchanged
-            _dense_backward_input(douts[l - 1], _transposes(scratch, weights, B, l - 1)[1], douts[l], weights[l],
-                                  acts[l], keep_scale)  # (B, C_l)
-        _head_update(params, grads, optimizer, _weight_t(scratch, weights, L - 1), last_inp_t, dlogits_t, lr, number,
-                     hyper)
-        for l in range(L - 2, -1, -1):
+            _dense_backward_input(douts[l - 1], douts[l], weights[l], acts[l], keep_scale, packs)  # (B, C_l)
+        for l in range(L - 1, -1, -1):
             if l == 0 and sparse_first:
                 _sparse_update(params, grads, optimizer, data, block_start, douts[0], lr, number, hyper, drop_in)
             else:
-                inp_t, dout_t = _transposes(scratch, weights, B, l)
-                _dense_update(l, params, grads, optimizer, _weight_t(scratch, weights, l), inp_t, dout_t, lr, number,
-                              hyper)
+                _dense_update(l, params, grads, optimizer, _input_t(scratch, weights, B, l), douts[l], lr, number,
+                              hyper, packs)
         if hyper.max_norm > 0:
-            for l in range(L):  # a sparse first layer keeps no transpose
-                weight_t = _weight_t(scratch, weights, l)
-                _max_norm_columns(weights[l], weight_t[:0] if l == 0 and sparse_first else weight_t, factors,
-                                  hyper.max_norm)
+            for l in range(L):
+                _max_norm_columns(weights[l], factors, hyper.max_norm)
         step_losses[s] = _mean(losses)
         n_correct = 0
         for b in range(B):

@@ -19,7 +19,8 @@ from fastnn.backends import MEMORY, OPS
 from fastnn.step import Data
 from tests.helpers import DTYPES, assert_same, compare_op, nans, network, skip_if_slow, values
 
-SHAPES = [(1, 1, 1), (7, 13, 5), (5, 16, 10), (17, 20, 18), (64, 784, 128), (32, 784, 128)]  # (B, C, OC)
+# (B, C, OC): tile edges in every dimension; 784 and 263 cut the sums into several DEPTH_BLOCKs
+SHAPES = [(1, 1, 1), (7, 13, 5), (5, 16, 10), (17, 20, 18), (64, 784, 128), (32, 784, 128), (263, 37, 70)]
 KINDS = ["random", "kinks", "sparse", "zeros", "no zeros"]
 
 

@@ -1,33 +1,223 @@
-"""The dense kernels of a training step against this machine's BLAS, at hidden-to-hidden shapes.
+"""The dense kernels of a training step, version by version, against this machine's BLAS, at the
+hidden-to-hidden shapes of the default preset (512 -> 256, batch 128) and the large one (1024 -> 1024,
+batch 256).
 
-    uv run python -m kernels.dev.dense          # check, then time, at 512->256 (B=128) and 1024->1024 (B=256)
-    uv run python -m kernels.dev.dense --asm    # also print the inner loop of the 4 x 4 register block
+    uv run python -m kernels.dev.dense                 # check every version, then time it
+    uv run python -m kernels.dev.dense --asm           # also print the micro-kernel's inner loop
+    NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 uv run python -m kernels.dev.dense   # one core
 
-Each kernel runs as train_steps runs it (kernels/cpu.py), on a ReLU layer's input (about half exact
-zeros) and gradient, and is checked against NumPy first:
-    forward         out = relu(inp @ weight + bias), from weight.T        (cpu._dense_forward)
-    input gradient  dinp = (dout @ weight.T) * (inp > 0)                  (cpu._dense_backward_input)
-    weight update   dweight = inp.T @ dout from the transposes, then SGD  (cpu._dense_update; BLAS: the product only)
-GFLOP/s count 2 * B * C * OC. NumPy runs with all its BLAS threads first, then the Numba kernels with
-BLAS capped at one thread (spinning BLAS threads slow Numba's pool: docs/numba.md). Medians of
-fresh-cache-free repeated calls; this machine is shared, so compare the columns of one run.
+The three products of a layer, each as train_steps runs it, on a ReLU layer's input (about half exact
+zeros) and gradient:
+    forward          out = relu(inp @ weight + bias)
+    input gradient   dinp = (dout @ weight.T) * (inp > 0)
+    weight gradient  dweight = inp.T @ dout, the product alone
+    weight update    the weight gradient, then an SGD step with momentum (BLAS: then NumPy's in-place
+                     velocity *= momentum; velocity += dweight; weight -= lr * velocity)
+Versions:
+    1  dot-product form: 4 x 4 sums along an axis contiguous in both operands (_dot_tile), which LLVM
+       vectorises from scalar code; it pays 16 horizontal sums per tile, so short sums (the weight
+       gradient sums over the batch) run slowly. Each product reads transposes (weight.T, inp.T,
+       dout.T). The kernels of kernels/cpu.py until v3.
+    2  outer-product form: kernels.cpu's micro-kernel (_tile_intrinsic), a tile of 12 x 32 sums held
+       in vector registers for the whole sum, written in LLVM IR (kernels/cpu.py, docs/numba.md).
+Every version is checked against NumPy first. GFLOP/s count 2 * B * C * OC; times are medians of CALLS
+calls. NumPy runs first with all its BLAS threads, then the versions with BLAS capped at one thread
+(spinning BLAS threads slow Numba's pool: docs/numba.md). The machine is shared: compare the columns
+of one run.
 """
 import argparse
 import re
 import time
 
 import numpy as np
+from numba import njit, prange, uint64
 from threadpoolctl import threadpool_limits
 
 from fastnn.step import Hyper, Layers, new_optimizer_state
 from kernels import cpu
+from kernels.cpu import FASTMATH
 
-SHAPES = ((128, 512, 256), (256, 1024, 1024))  # (B, C, OC): the default preset's hidden layer, the large one
+SHAPES = ((128, 512, 256), (256, 1024, 1024))  # (B, C, OC)
 CALLS = 50
+PANEL_ROWS, PANEL_COLS = 16, 64  # version 1's panels
+
+
+# ---- version 1: the dot-product register block (compiled afresh each run: it reads cpu.FASTMATH) ----
+@njit(fastmath=FASTMATH)
+def _dot_tile(out, a, bt, i0, j0):
+    """out[i0:i0+4, j0:j0+4] = a[i0:i0+4] (4, K) @ bt[j0:j0+4] (4, K).T, the 16 sums as scalars."""
+    K = a.shape[1]
+    zero = out.dtype.type(0)
+    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = zero
+    c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = zero
+    for k in range(K):
+        a0, a1, a2, a3 = a[i0, k], a[i0 + 1, k], a[i0 + 2, k], a[i0 + 3, k]
+        b0, b1, b2, b3 = bt[j0, k], bt[j0 + 1, k], bt[j0 + 2, k], bt[j0 + 3, k]
+        c00 += a0 * b0
+        c01 += a0 * b1
+        c02 += a0 * b2
+        c03 += a0 * b3
+        c10 += a1 * b0
+        c11 += a1 * b1
+        c12 += a1 * b2
+        c13 += a1 * b3
+        c20 += a2 * b0
+        c21 += a2 * b1
+        c22 += a2 * b2
+        c23 += a2 * b3
+        c30 += a3 * b0
+        c31 += a3 * b1
+        c32 += a3 * b2
+        c33 += a3 * b3
+    out[i0, j0], out[i0, j0 + 1], out[i0, j0 + 2], out[i0, j0 + 3] = c00, c01, c02, c03
+    out[i0 + 1, j0], out[i0 + 1, j0 + 1], out[i0 + 1, j0 + 2], out[i0 + 1, j0 + 3] = c10, c11, c12, c13
+    out[i0 + 2, j0], out[i0 + 2, j0 + 1], out[i0 + 2, j0 + 2], out[i0 + 2, j0 + 3] = c20, c21, c22, c23
+    out[i0 + 3, j0], out[i0 + 3, j0 + 1], out[i0 + 3, j0 + 2], out[i0 + 3, j0 + 3] = c30, c31, c32, c33
+
+
+@njit(fastmath=FASTMATH)
+def _dot_block(out, a, bt, i0, i1, j0, j1):
+    """out[i0:i1, j0:j1] = a[i0:i1] @ bt[j0:j1].T: 4 x 4 tiles, single sums at the edges."""
+    i_tiles, j_tiles = i0 + (i1 - i0) // 4 * 4, j0 + (j1 - j0) // 4 * 4
+    for i in range(i0, i_tiles, 4):
+        for j in range(j0, j_tiles, 4):
+            _dot_tile(out, a, bt, i, j)
+    for i in range(i0, i1):
+        for j in range(j_tiles if i < i_tiles else j0, j1):
+            total = out.dtype.type(0)
+            for k in range(a.shape[1]):
+                total += a[i, k] * bt[j, k]
+            out[i, j] = total
+
+
+@njit(parallel=True, fastmath=FASTMATH)
+def forward1(out, inp, weight_t, bias):
+    """out (B, OC) = relu(inp (B, C) @ weight_t (OC, C).T + bias)."""
+    B, OC = out.shape
+    n_row_panels = (B + PANEL_ROWS - 1) // PANEL_ROWS
+    for task in prange(n_row_panels * ((OC + PANEL_COLS - 1) // PANEL_COLS)):
+        p = np.int64(task)
+        i0, j0 = p % n_row_panels * PANEL_ROWS, p // n_row_panels * PANEL_COLS
+        i1, j1 = min(i0 + PANEL_ROWS, B), min(j0 + PANEL_COLS, OC)
+        _dot_block(out, inp, weight_t, i0, i1, j0, j1)
+        for i in range(i0, i1):
+            for j in range(uint64(j0), uint64(j1)):
+                value = out[i, j] + bias[j]
+                out[i, j] = 0 if value < 0 else value
+
+
+@njit(parallel=True, fastmath=FASTMATH)
+def input_gradient1(dinp, dout, weight, inp):
+    """dinp (B, C) = (dout (B, OC) @ weight (C, OC).T) * (inp > 0): rows of both along OC."""
+    B, C = dinp.shape
+    n_row_panels = (B + PANEL_ROWS - 1) // PANEL_ROWS
+    for task in prange(n_row_panels * ((C + PANEL_COLS - 1) // PANEL_COLS)):
+        p = np.int64(task)
+        i0, j0 = p % n_row_panels * PANEL_ROWS, p // n_row_panels * PANEL_COLS
+        i1, j1 = min(i0 + PANEL_ROWS, B), min(j0 + PANEL_COLS, C)
+        _dot_block(dinp, dout, weight, i0, i1, j0, j1)
+        for i in range(i0, i1):
+            for j in range(uint64(j0), uint64(j1)):
+                dinp[i, j] = dinp[i, j] * (inp[i, j] > 0)
+
+
+@njit(parallel=True, fastmath=FASTMATH)
+def weight_gradient1(dweight, inp_t, dout_t):
+    """dweight (C, OC) = inp_t (C, B) @ dout_t (OC, B).T."""
+    C, OC = dweight.shape
+    n_row_panels = (C + PANEL_ROWS - 1) // PANEL_ROWS
+    for task in prange(n_row_panels * ((OC + PANEL_COLS - 1) // PANEL_COLS)):
+        p = np.int64(task)
+        c0, j0 = p % n_row_panels * PANEL_ROWS, p // n_row_panels * PANEL_COLS
+        _dot_block(dweight, inp_t, dout_t, c0, min(c0 + PANEL_ROWS, C), j0, min(j0 + PANEL_COLS, OC))
+
+
+@njit(parallel=True, fastmath=FASTMATH)
+def weight_update1(weight, velocity, dweight, inp_t, dout_t, lr, momentum):
+    """dweight (C, OC) = inp_t (C, B) @ dout_t (OC, B).T, then SGD with momentum, panel by panel."""
+    C, OC = dweight.shape
+    n_row_panels = (C + PANEL_ROWS - 1) // PANEL_ROWS
+    for task in prange(n_row_panels * ((OC + PANEL_COLS - 1) // PANEL_COLS)):
+        p = np.int64(task)
+        c0, j0 = p % n_row_panels * PANEL_ROWS, p // n_row_panels * PANEL_COLS
+        c1, j1 = min(c0 + PANEL_ROWS, C), min(j0 + PANEL_COLS, OC)
+        _dot_block(dweight, inp_t, dout_t, c0, c1, j0, j1)
+        for c in range(c0, c1):
+            for j in range(uint64(j0), uint64(j1)):
+                velocity[c, j] = momentum * velocity[c, j] + dweight[c, j]
+                weight[c, j] -= lr * velocity[c, j]
+
+
+def version1(layer):
+    """Version 1's three kernels on a layer (a dict of arrays, from make_layer)."""
+    f32 = np.float32
+    return {
+        "forward": lambda: forward1(layer["out"], layer["inp"], layer["weight_t"], layer["bias"]),
+        "input gradient": lambda: input_gradient1(layer["dinp"], layer["dout"], layer["weight"], layer["inp"]),
+        "weight gradient": lambda: weight_gradient1(layer["dweight"], layer["inp_t"], layer["dout_t"]),
+        "weight update": lambda: weight_update1(layer["weight2"], layer["velocity"], layer["dweight"],
+                                                layer["inp_t"], layer["dout_t"], f32(0), f32(0.9)),
+    }
+
+
+def version2(layer):
+    """kernels.cpu's kernels, called as train_steps calls them."""
+    # a two-layer network around the layer, as _dense_update takes it (layer 0, SGD with momentum, lr 0)
+    weight, bias = layer["weight2"], layer["bias"]
+    params = Layers((weight, weight[:, :10].copy()), (bias.copy(), bias[:10].copy()))
+    grads = Layers((layer["dweight"], weight[:, :10].copy()), (bias.copy(), bias[:10].copy()))
+    optimizer = new_optimizer_state(params)
+    hyper, no_dropout = Hyper(0.9, 0.0), cpu._dropout_key(0, 0, 0, 0.0, np.float32)
+    packs = cpu._packs(np.dtype(np.float32))
+    return {
+        "forward": lambda: cpu._dense_forward(layer["out"], layer["out_t"], layer["inp"], layer["weight"],
+                                              layer["bias"], 0.0, no_dropout, packs),
+        "input gradient": lambda: cpu._dense_backward_input(layer["dinp"], layer["dout"], layer["weight"],
+                                                            layer["inp"], np.float32(1), packs),
+        "weight gradient": lambda: cpu._dense_dweight(layer["dweight"], layer["dbias"], layer["inp_t"], layer["dout"],
+                                                      packs),
+        "weight update": lambda: cpu._dense_update(0, params, grads, optimizer, layer["inp_t"], layer["dout"], 0.0,
+                                                   1, hyper, packs),
+    }
+
+
+VERSIONS = {1: version1, 2: version2}
+
+
+def make_layer(B, C, OC, dtype=np.float32, seed=0):
+    """A hidden layer's arrays: inp (B, C) a ReLU output, weight (C, OC), bias, dout (B, OC) half
+    zeros, their transposes, and every output buffer (weight2, weight_t2: copies that the updates,
+    at learning rate 0, rewrite)."""
+    rng = np.random.default_rng(seed)
+    inp = np.maximum(rng.standard_normal((B, C)), 0).astype(dtype)
+    weight = (rng.standard_normal((C, OC)) * np.sqrt(2 / C)).astype(dtype)
+    bias = (rng.standard_normal(OC) * 0.1).astype(dtype)
+    dout = (rng.standard_normal((B, OC)) * (rng.random((B, OC)) < 0.5)).astype(dtype)
+    layer = {"inp": inp, "weight": weight, "bias": bias, "dout": dout}
+    layer.update({f"{k}_t": np.ascontiguousarray(layer[k].T) for k in ("inp", "weight", "dout")})
+    layer.update(weight2=weight.copy(), weight_t2=layer["weight_t"].copy(), velocity=np.zeros_like(weight),
+                 out=np.empty((B, OC), dtype), out_t=np.empty((OC, B), dtype), dinp=np.empty((B, C), dtype),
+                 dweight=np.empty((C, OC), dtype), dbias=np.empty(OC, dtype))
+    return layer
+
+
+def check(kernels, layer, rtol=1e-4):
+    """Run each kernel once and compare what it wrote with NumPy's result, in float64."""
+    f64 = {k: layer[k].astype(np.float64) for k in ("inp", "weight", "bias", "dout")}
+    want = {"forward": ("out", np.maximum(f64["inp"] @ f64["weight"] + f64["bias"], 0)),
+            "input gradient": ("dinp", (f64["dout"] @ f64["weight"].T) * (f64["inp"] > 0)),
+            "weight gradient": ("dweight", f64["inp"].T @ f64["dout"]),
+            "weight update": ("dweight", f64["inp"].T @ f64["dout"])}
+    for name, run in kernels.items():
+        buffer, expected = want[name]
+        layer[buffer].fill(np.nan)
+        run()
+        np.testing.assert_allclose(layer[buffer], expected, rtol=rtol, atol=rtol * np.abs(expected).max(),
+                                   err_msg=name)
 
 
 def median_seconds(fn, calls=CALLS):
-    fn()  # compiles on the first call
+    fn()
     seconds = []
     for _ in range(calls):
         start = time.perf_counter()
@@ -36,75 +226,59 @@ def median_seconds(fn, calls=CALLS):
     return float(np.median(seconds))
 
 
-def layer(B, C, OC, rng):
-    """A hidden layer's arrays: inp (B, C) ReLU output, weight (C, OC), bias, dout (B, OC), and the
-    transposes train_steps keeps."""
-    inp = np.maximum(rng.standard_normal((B, C)), 0).astype(np.float32)
-    weight = (rng.standard_normal((C, OC)) * np.sqrt(2 / C)).astype(np.float32)
-    bias = (rng.standard_normal(OC) * 0.1).astype(np.float32)
-    dout = (rng.standard_normal((B, OC)) * (rng.random((B, OC)) < 0.5)).astype(np.float32)
-    return inp, weight, bias, dout
-
-
 def run(B, C, OC):
-    rng = np.random.default_rng(0)
-    inp, weight, bias, dout = layer(B, C, OC, rng)
-    weight_t, inp_t, dout_t = (np.ascontiguousarray(a.T) for a in (weight, inp, dout))
-    out, out_t = np.empty((B, OC), np.float32), np.empty((OC, B), np.float32)
-    dinp, dinp_t = np.empty((B, C), np.float32), np.empty((C, B), np.float32)
-    dweight = np.empty((C, OC), np.float32)
-    flops = 2 * B * C * OC
+    layer = make_layer(B, C, OC)
+    inp, weight, bias, dout = layer["inp"], layer["weight"], layer["bias"], layer["dout"]
+    out, dinp, dweight = np.empty_like(layer["out"]), np.empty_like(layer["dinp"]), np.empty_like(layer["dweight"])
+    velocity, weight2 = np.zeros_like(weight), weight.copy()
+
+    def numpy_update():
+        np.matmul(inp.T, dout, out=dweight)
+        np.multiply(velocity, np.float32(0.9), out=velocity)
+        np.add(velocity, dweight, out=velocity)
+        np.subtract(weight2, np.float32(0.0) * velocity, out=weight2)  # lr 0, as the kernels' update here
+
     blas = {
         "forward": median_seconds(lambda: np.maximum(np.matmul(inp, weight, out=out) + bias, 0, out=out)),
         "input gradient": median_seconds(lambda: np.multiply(np.matmul(dout, weight.T, out=dinp), inp > 0, out=dinp)),
-        "weight update": median_seconds(lambda: np.matmul(inp.T, dout, out=dweight)),
+        "weight gradient": median_seconds(lambda: np.matmul(inp.T, dout, out=dweight)),
+        "weight update": median_seconds(numpy_update),
     }
-    # a one-layer-deep network around the layer, as _dense_update takes it (layer 0, SGD with lr 0)
-    params = Layers((weight.copy(), weight[:, :10].copy()), (bias.copy(), bias[:10].copy()))
-    grads = Layers((dweight, dweight[:, :10].copy()), (bias.copy(), bias[:10].copy()))
-    optimizer = new_optimizer_state(params)
-    hyper = Hyper(0.9, 0.0)
-    no_dropout = cpu._dropout_key(0, 0, 0, 0.0, np.float32)
+    flops = 2 * B * C * OC
+    print(f"\nB={B} C={C} OC={OC} float32 ({flops / 1e6:.0f} MFLOP each)")
+    print(f"{'kernel':>16} {'version':>8} {'us':>8} {'GFLOP/s':>8} {'vs BLAS':>8}")
+    for name, seconds in blas.items():
+        print(f"{name:>16} {'BLAS':>8} {seconds * 1e6:8.0f} {flops / seconds / 1e9:8.1f} {1:8.2f}")
     with threadpool_limits(1, user_api="blas"):
-        cpu._dense_forward(out, out_t, inp, weight_t, bias, 0.0, no_dropout)
-        np.testing.assert_allclose(out, np.maximum(inp @ weight + bias, 0), rtol=1e-4, atol=1e-4)
-        np.testing.assert_array_equal(out_t, out.T)
-        cpu._dense_backward_input(dinp, dinp_t, dout, weight, inp, np.float32(1))
-        np.testing.assert_allclose(dinp, (dout @ weight.T) * (inp > 0), rtol=1e-4, atol=1e-4)
-        cpu._dense_update(0, params, grads, optimizer, weight_t.copy(), inp_t, dout_t, 0.0, 1, hyper)
-        np.testing.assert_allclose(dweight, inp.T @ dout, rtol=1e-4, atol=1e-3)
-        print(f"B={B} C={C} OC={OC} float32: all results match. Starting benchmarks.")
-        numba_ = {
-            "forward": median_seconds(lambda: cpu._dense_forward(out, out_t, inp, weight_t, bias, 0.0, no_dropout)),
-            "input gradient": median_seconds(lambda: cpu._dense_backward_input(dinp, dinp_t, dout, weight, inp,
-                                                                              np.float32(1))),
-            "weight update": median_seconds(lambda: cpu._dense_update(0, params, grads, optimizer, weight_t, inp_t,
-                                                                     dout_t, 0.0, 1, hyper)),
-        }
-    print(f"{'kernel':>16} {'numba us':>9} {'GFLOP/s':>8} {'BLAS us':>9} {'GFLOP/s':>8} {'numba/BLAS':>10}")
-    for name in blas:
-        t, b = numba_[name], blas[name]
-        print(f"{name:>16} {t * 1e6:9.0f} {flops / t / 1e9:8.1f} {b * 1e6:9.0f} {flops / b / 1e9:8.1f} {b / t:10.2f}")
+        for number, version in VERSIONS.items():
+            kernels = version(layer)
+            check(kernels, layer)
+            for name, fn in kernels.items():
+                t = median_seconds(fn)
+                print(f"{name:>16} {number:>8} {t * 1e6:8.0f} {flops / t / 1e9:8.1f} {blas[name] / t:8.2f}")
 
 
 def print_tile_loop():
-    """The vectorised inner loop of cpu._dot_tile, as LLVM compiled it for this machine."""
-    a = np.zeros((4, 64), np.float32)
-    cpu._dot_tile.py_func  # the cached function has no assembly to show: compile a fresh copy
-    from numba import njit
+    """The inner loop of the micro-kernel as LLVM compiled it here, in a fresh (uncached) product."""
+    tile = cpu._tile_intrinsic(cpu.TILE_ROWS, cpu.TILE_VECTORS)
 
-    tile = njit(fastmath=cpu.FASTMATH)(cpu._dot_tile.py_func)
-    tile(np.zeros((4, 4), np.float32), a, a, 0, 0)
-    asm = next(iter(tile.inspect_asm().values())).splitlines()
+    @njit
+    def product(out, a, b):
+        tile(out, a, b, 0, 0, 0, a.shape[1], a.shape[0], out.shape[1], 0)
+
+    cols = cpu.TILE_VECTORS * cpu.VECTOR_BYTES // 4
+    product(np.zeros((cpu.TILE_ROWS, cols), np.float32), np.zeros((cpu.TILE_ROWS, 64), np.float32),
+            np.zeros((64, cols), np.float32))
+    asm = next(iter(product.inspect_asm().values())).splitlines()
     fmas = [i for i, line in enumerate(asm) if "vfmadd" in line]
     width = re.findall(r"%([xyz])mm", asm[fmas[0]])[0] if fmas else "?"
-    print(f"\n{len(fmas)} FMA instructions on {width}mm registers; the hot loop:")
-    print("\n".join(asm[max(0, fmas[0] - 12):fmas[min(len(fmas), 16) - 1] + 4]))
+    print(f"\n{len(fmas)} FMA instructions on {width}mm registers (full tiles and edge tiles); the first loop:")
+    print("\n".join(asm[max(0, fmas[0] - 8):fmas[min(len(fmas), cpu.TILE_ROWS * cpu.TILE_VECTORS) - 1] + 4]))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--asm", action="store_true", help="print the register block's inner loop")
+    parser.add_argument("--asm", action="store_true", help="print the micro-kernel's inner loop")
     args = parser.parse_args(argv)
     for shape in SHAPES:
         run(*shape)
