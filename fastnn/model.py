@@ -211,7 +211,8 @@ class MLP:
         A record: epoch, loss (mean over the epoch's batches), train_accuracy (of those batches, each
         before its update), val_loss and val_accuracy (mean cross-entropy and accuracy on the validation
         split, None without one), seconds (training only: shuffle, steps, copying the weights back), lr
-        (of the epoch's last step); with early stopping,
+        (of the epoch's last step); the fit's first record also has compile_seconds (the backend compiling
+        or loading its train_steps before it: 0.0 for numpy); with early stopping,
         the run's last record also has early_stopping: {stopped, best_epoch, best_val_accuracy, reason},
         and the model then holds the best epoch's weights.
         """
@@ -260,6 +261,8 @@ class MLP:
             val_loss, val_accuracy = self._loss_and_accuracy(X[val_rows], y[val_rows]) if n_val else (None, None)
             record = {"epoch": epoch.number, "loss": epoch.loss, "train_accuracy": epoch.n_correct / len(train_rows),
                       "val_loss": val_loss, "val_accuracy": val_accuracy, "seconds": epoch.seconds, "lr": epoch.lr}
+            if epoch.number == first_epoch + done:  # the fit's first epoch
+                record["compile_seconds"] = epoch.compile_seconds
             self.history_.append(record)
             if self.early_stopping:
                 best_record = self._best_record(first_epoch)

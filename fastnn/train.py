@@ -189,6 +189,9 @@ def main(argv=None):
         last_epoch = state.first_epoch - 1 + state.epochs
         record["test_accuracy"] = model.score(data.test_images, data.test_labels)
         val = f" | val {record['val_accuracy']:.2%}" if record["val_accuracy"] is not None else ""
+        if record.get("compile_seconds"):
+            print(f"{args.backend}: kernels ready in {record['compile_seconds']:.1f} s (compiled, or loaded from the "
+                  f"cache), not counted in the epochs' seconds", flush=True)
         print(f"epoch {record['epoch']}/{last_epoch} | "
               f"loss {record['loss']:.4f} | train {record['train_accuracy']:.2%}{val} | "
               f"test {record['test_accuracy']:.2%} | {record['seconds']:.2f} s", flush=True)

@@ -44,6 +44,7 @@ class Epoch(NamedTuple):
     n_correct: int  # rows whose largest logit was the target, each measured before its batch's update
     lr: float  # the learning rate of the epoch's last step
     seconds: float  # training time: shuffle, steps, copying the parameters back
+    compile_seconds: float  # compiling (or loading) the backend's train_steps before the fit's first epoch, else 0
     params: Layers  # the parameters after the epoch, host copies
     optimizer: OptimizerState  # the optimizer's state after the epoch, host copies: what an exact resume needs
 
@@ -63,6 +64,16 @@ class Trainer:
         batches of up to batch_size rows."""
         self.ops, self.batch_size, self.hyper = ops, batch_size, hyper
         self.state = training_state(ops, params, batch_size, optimizer)
+
+    def compile(self, data):
+        """Have a compiling backend compile (or load from its cache) its train_steps for this fit's
+        types before the first step, and return the seconds it took (0.0 for a backend that does not)."""
+        compile_train_steps = getattr(self.ops, "compile_train_steps", None)
+        if compile_train_steps is None:
+            return 0.0
+        one_step = Steps(self.ops.to_device(np.zeros((1, self.batch_size), np.int64)),
+                         self.ops.to_device(np.zeros(1)), self.ops.to_device(np.ones(1, np.int64)))
+        return compile_train_steps(*self.state, data, one_step, self.hyper)
 
     def params(self):
         """The current parameters as host copies."""
@@ -121,6 +132,7 @@ def fit(ops, params, data, rows, settings, rng, first_epoch=1, progress=False, o
     """
     batch_size = min(settings.batch_size, len(rows))
     trainer = Trainer(ops, params, batch_size, settings.hyper, optimizer)
+    compile_seconds = trainer.compile(data)
     steps_per_epoch = -(-len(rows) // batch_size)
     total_steps = steps_per_epoch * settings.epochs
     for e in range(epochs_done, settings.epochs):
@@ -129,4 +141,6 @@ def fit(ops, params, data, rows, settings, rng, first_epoch=1, progress=False, o
         lrs = [learning_rate(settings, e * steps_per_epoch + t, total_steps) for t in range(steps_per_epoch)]
         loss, n_correct = trainer.run_epoch(data, order, lrs, e * steps_per_epoch + 1, first_epoch + e, progress)
         params, optimizer = trainer.params(), trainer.optimizer()
-        yield Epoch(first_epoch + e, loss, n_correct, lrs[-1], time.perf_counter() - start, params, optimizer)
+        yield Epoch(first_epoch + e, loss, n_correct, lrs[-1], time.perf_counter() - start, compile_seconds, params,
+                    optimizer)
+        compile_seconds = 0.0

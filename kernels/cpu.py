@@ -41,14 +41,18 @@ Every jitted function that train_steps calls, and every tunable they read, lives
 numba's cache notices changes to a function's own file only. The numbered versions that led here are
 in kernels/dev/.
 """
+import sys
+import time
 from functools import partial
+from pathlib import Path
 from typing import NamedTuple
 
 import numba
 import numpy as np
 from llvmlite import binding, ir
-from numba import njit, prange, types, uint64
+from numba import njit, prange, types, typeof, uint64
 from numba.core import cgutils
+from numba.core.registry import CPUDispatcher
 from numba.extending import intrinsic
 from numba.np.ufunc.parallel import _iget_num_threads
 
@@ -1183,3 +1187,38 @@ def train_steps(params, grads, optimizer, buffers, data, steps, hyper):
             n_correct += correct[b] != 0
         step_correct[s] = n_correct
     return step_losses, step_correct
+
+
+def compile_train_steps(params, grads, optimizer, buffers, data, steps, hyper):
+    """Compile train_steps for the types of these arguments, or load it from numba's cache, without
+    running a step: what the first call would do first. Returns the seconds it took, so that a fit
+    reports compilation on its own, not inside its first epoch's training time."""
+    start = time.perf_counter()
+    train_steps.compile(tuple(typeof(x) for x in (params, grads, optimizer, buffers, data, steps, hyper)))
+    return time.perf_counter() - start
+
+
+# ---- a damaged cache ---------------------------------------------------------------------------------
+def _load_or_recompile(kernel, load, *args):
+    """numba's load of a cached kernel, but a damaged entry (a truncated or garbled file: numba raises
+    UnpicklingError, EOFError, ...) is dropped with a one-line notice, and numba compiles afresh."""
+    try:
+        return load(*args)
+    except Exception as e:
+        index = Path(kernel._cache._cache_file._index_path)
+        print(f"numba: the cached {kernel.__name__} in {index.parent} is unreadable ({type(e).__name__}): "
+              f"compiling it again", file=sys.stderr, flush=True)
+        index.unlink(missing_ok=True)  # numba writes a new index, and new data files, when it saves
+        return None
+
+
+def _guard_the_cache():
+    """Route every cached kernel of this module through _load_or_recompile. It wraps a private method
+    of numba's cache (numba 0.68); if that moves, the wrapping is skipped and numba's own error shows."""
+    for kernel in list(globals().values()):
+        cache = getattr(kernel, "_cache", None) if isinstance(kernel, CPUDispatcher) else None
+        if hasattr(cache, "load_overload") and hasattr(cache, "_cache_file"):
+            cache.load_overload = partial(_load_or_recompile, kernel, cache.load_overload)
+
+
+_guard_the_cache()
