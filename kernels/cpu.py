@@ -395,11 +395,13 @@ def _product(out, a, b, i0, i1, j0, j1, packs, transposed):
     """
     K = a.shape[1]
     width = TILE_VECTORS * (VECTOR_BYTES // out.itemsize)
+    # blocks of equal depth, at most DEPTH_BLOCK: 784 terms as 4 x 196, not 3 x 256 and a short 16
+    block = _cdiv(K, max(_cdiv(K, DEPTH_BLOCK), 1))
     panel = packs[numba.get_thread_id()]  # a thread's own: two tasks never run at once on one thread
     for c0 in range(j0, j1, PANEL_COLS):  # one pass in the parallel kernels, whose panels are this wide
         c1 = min(c0 + PANEL_COLS, j1)
-        for k0 in range(0, max(K, 1), DEPTH_BLOCK):  # K = 0 still writes the zeros of an empty sum
-            depth = min(k0 + DEPTH_BLOCK, K) - k0
+        for k0 in range(0, max(K, 1), max(block, 1)):  # K = 0 still writes the zeros of an empty sum
+            depth = min(k0 + block, K) - k0
             _pack(panel, b, k0, k0 + depth, c0, c1, width, transposed)
             for i in range(i0, i1, TILE_ROWS):
                 for j in range(c0, c1, width):
