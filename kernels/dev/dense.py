@@ -261,19 +261,20 @@ def run(B, C, OC):
 def print_tile_loop():
     """The inner loop of the micro-kernel as LLVM compiled it here, in a fresh (uncached) product."""
     tile = cpu._tile_intrinsic(cpu.TILE_ROWS, cpu.TILE_VECTORS)
+    width = cpu.TILE_VECTORS * cpu.VECTOR_BYTES // 4
 
     @njit
-    def product(out, a, b):
-        tile(out, a, b, 0, 0, 0, a.shape[1], a.shape[0], out.shape[1], 0)
+    def product(out, a, b):  # one whole float32 tile, a (TILE_ROWS, K) @ b packed (K, width)
+        tile(out, 0, 0, a, 0, a.shape[1], b, 0, a.shape[1], out.shape[0], out.shape[1], 0)
 
-    cols = cpu.TILE_VECTORS * cpu.VECTOR_BYTES // 4
-    product(np.zeros((cpu.TILE_ROWS, cols), np.float32), np.zeros((cpu.TILE_ROWS, 64), np.float32),
-            np.zeros((64, cols), np.float32))
+    product(np.zeros((cpu.TILE_ROWS, width), np.float32), np.zeros((cpu.TILE_ROWS, 64), np.float32),
+            np.zeros(64 * width, np.float32))
     asm = next(iter(product.inspect_asm().values())).splitlines()
     fmas = [i for i, line in enumerate(asm) if "vfmadd" in line]
-    width = re.findall(r"%([xyz])mm", asm[fmas[0]])[0] if fmas else "?"
-    print(f"\n{len(fmas)} FMA instructions on {width}mm registers (full tiles and edge tiles); the first loop:")
-    print("\n".join(asm[max(0, fmas[0] - 8):fmas[min(len(fmas), cpu.TILE_ROWS * cpu.TILE_VECTORS) - 1] + 4]))
+    width_name = re.findall(r"%([xyz])mm", asm[fmas[0]])[0] if fmas else "?"
+    spills = sum("rsp" in line and "mm" in line for line in asm[fmas[0]:fmas[-1]]) if fmas else 0
+    print(f"\n{len(fmas)} FMA instructions on {width_name}mm registers, {spills} stack moves among them; the loop:")
+    print("\n".join(asm[max(0, fmas[0] - 8):fmas[-1] + 4]))
 
 
 def main(argv=None):
