@@ -100,8 +100,8 @@ SGD_CHUNK = 16384
 numba.get_num_threads()
 
 # What the first run of a machine prints before it compiles (measured on the 2-core development
-# machine, cold cache, the default preset: about 45 s; then about 1 s to load them from the cache).
-COMPILE_NOTICE = ("numba: compiling the kernels for this machine, once (about a minute on 2 cores); "
+# machine, cold cache, the default preset: about 30 s; then well under a second to load them).
+COMPILE_NOTICE = ("numba: compiling the kernels for this machine, once (about 30 s on 2 cores); "
                   "later runs load them from the cache in about a second")
 
 

@@ -26,22 +26,33 @@ def test_the_original_programs_row_biases_are_read_as_vectors(tmp_path):
     assert checkpoint.read_weights(tmp_path / "w.npz").biases[0].shape == (2,)
 
 
+def test_a_layer_of_one_unit_keeps_its_bias_vector(tmp_path):
+    np.savez(tmp_path / "w.npz", W1=np.ones((3, 1)), b1=np.zeros(1))  # b1 (1,): not a (1, n) row bias
+    assert checkpoint.read_weights(tmp_path / "w.npz").biases[0].shape == (1,)
+
+
 @pytest.mark.parametrize("arrays, message", [
-    ({"W1": np.zeros((3, 2))}, "expected arrays"),
-    ({"W1": np.zeros((3, 2)), "b1": np.zeros(5)}, "must be float arrays"),
-    ({"W1": np.zeros((3, 2)), "b1": np.zeros(2), "W2": np.zeros((4, 2)), "b2": np.zeros(2)}, "W2 has 4 inputs"),
-    ({"W1": np.full((3, 2), np.nan), "b1": np.zeros(2)}, "NaN or inf"),
+    ({"W1": np.zeros((3, 2))}, "expected arrays ['W1', 'b1'], found ['W1']"),
+    ({"x": np.zeros(2)}, "expected arrays ['W1', 'b1', '...'], found ['x']"),
+    ({"W1": np.zeros((3, 2)), "b1": np.zeros(5)}, "W1 (3, 2) and b1 (5,) must be float arrays"),
+    ({"W1": np.zeros((3, 2)), "b1": np.zeros(2, np.int64)}, "must be float arrays"),
+    ({"W1": np.zeros((3, 2), np.int64), "b1": np.zeros(2)}, "must be float arrays"),
+    ({"W1": np.zeros((3, 2)), "b1": np.zeros(2), "W2": np.zeros((4, 2)), "b2": np.zeros(2)},
+     "W2 has 4 inputs but layer 1 has 2 outputs"),
+    ({"W1": np.full((3, 2), np.nan), "b1": np.zeros(2)}, "W1 or b1 holds NaN or inf"),
 ])
 def test_bad_weights_files_are_rejected_clearly(tmp_path, arrays, message):
     np.savez(tmp_path / "w.npz", **arrays)
-    with pytest.raises(FastnnError, match=message):
+    with pytest.raises(FastnnError) as info:
         checkpoint.read_weights(tmp_path / "w.npz")
+    assert message in str(info.value)
 
 
 def test_non_npz_and_missing_weights_files(tmp_path):
     (tmp_path / "w.npz").write_text("not a zip")
-    with pytest.raises(FastnnError, match="not a readable weights .npz"):
+    with pytest.raises(FastnnError, match="not a readable weights .npz") as info:
         checkpoint.read_weights(tmp_path / "w.npz")
+    assert str(info.value).endswith("; pass the weights.npz that fastnn.train wrote")
     np.save(tmp_path / "w.npy", np.zeros((3, 2)))
     with pytest.raises(FastnnError, match="a single .npy array, not a weights .npz"):
         checkpoint.read_weights(tmp_path / "w.npy")
@@ -59,6 +70,8 @@ def test_history_round_trip_and_absence(tmp_path):
     epochs = [{"epoch": 1, "loss": 0.5, "train_accuracy": 0.8}, {"epoch": 2, "loss": 0.25, "train_accuracy": 0.9}]
     checkpoint.write_history(tmp_path / checkpoint.HISTORY, {"hidden": [8]}, epochs)
     assert checkpoint.read_history(tmp_path / "weights.npz") == epochs
+    # written for people too: indented by two spaces, one field per line
+    assert (tmp_path / checkpoint.HISTORY).read_text().startswith('{\n  "config": {\n    "hidden": [\n      8')
 
 
 @pytest.mark.parametrize("content", [
@@ -71,6 +84,9 @@ def test_a_broken_history_is_one_clear_line(tmp_path, content):
     with pytest.raises(FastnnError, match="history.json.*move it away") as info:
         checkpoint.read_history(tmp_path / "weights.npz")
     assert "\n" not in str(info.value)
+    cause = {'{"epochs": {"loss": 1}}': "(the epoch records are not a list)",
+             '{"epochs": [{"loss": 0.5}]}': "(record 1 is not epoch 1 with epoch, loss, train_accuracy)"}
+    assert cause.get(content, "") in str(info.value)
 
 
 def run_state(history_length=2, best=None):
@@ -120,6 +136,9 @@ def test_a_broken_run_state_is_one_clear_line(tmp_path, damage):
     with pytest.raises(FastnnError, match="train_state.npz.*move it away") as info:
         checkpoint.read_state(tmp_path / "weights.npz")
     assert "\n" not in str(info.value)
+    says = {"not an npz": "not a readable train state .npz file", "foreign meta": "not a train state written by",
+            "inconsistent progress": "(inconsistent run progress)"}
+    assert says[damage] in str(info.value)
 
 
 def test_a_failed_save_leaves_the_previous_pair_whole(tmp_path):
