@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kernels import cpu
-from kernels.dev import linear_backward, linear_forward
+from kernels.dev import dense, linear_backward, linear_forward
 from tests.helpers import DTYPES, compare_op, nans, values
 
 
@@ -31,6 +31,15 @@ def test_linear_backward_versions(number, dtype):
     B, C, OC = 13, 784, 40
     compare_op(cpu, "linear_backward", nans((C, OC), dtype), nans(OC, dtype), values(rng, (B, OC), dtype),
                values(rng, (B, C), dtype, "sparse"), kernel=linear_backward.KERNELS[number])
+
+
+@pytest.mark.versions
+@pytest.mark.parametrize("number", sorted(dense.VERSIONS))
+def test_dense_kernel_versions(number):
+    """Each version of the dense training kernels (kernels/dev/dense.py) at odd sizes: every tile and
+    panel has an edge."""
+    layer = dense.make_layer(13, 37, 70, seed=number)
+    dense.check(dense.VERSIONS[number](layer), layer)
 
 
 def test_versions_tables_end_with_the_backend_kernel():
