@@ -439,7 +439,8 @@ def _transpose_rows(out, inp, n0, n1):
 
 @njit(parallel=True, cache=True)
 def _transpose(out, inp):
-    """out (N, M) = inp (M, N).T, for what no kernel produces transposed (once per call of train_steps)."""
+    """out (N, M) = inp (M, N).T, for what no kernel produces transposed: gathered dense pixels (each
+    step), linear_backward's input."""
     N = out.shape[0]
     # prange over blocks of 32 rows of out: iteration i owns them
     for task in prange(_cdiv(N, 32)):
@@ -1131,8 +1132,7 @@ def train_steps(params, grads, optimizer, buffers, data, steps, hyper):
 
     data from prepare_data; buffers are views sized to these batches, their scratch whole (at least
     scratch_size(sizes, B) floats). A call from Python costs ~10 us (numba reads every array of the
-    bundles): once per S steps it is noise. The weight transposes are filled once per call, then kept
-    current by the updates (and max-norm). The steps' regions are called from here directly: numba
+    bundles): once per S steps it is noise. The steps' regions are called from here directly: numba
     re-optimizes the code of every callee in each caller, so each level of calls costs compile time.
     """
     weights, biases = params
