@@ -87,8 +87,12 @@ PACK_SIZE = DEPTH_BLOCK * PANEL_COLS
 # The sparse weight gradient's parallel task: PIXEL_BLOCK rows of the first weight (at most 64: a
 # bit mask of int64 records which rows the batch touched).
 PIXEL_BLOCK = 16
-# Images with at most this share of non-zero pixels take the sparse first layer (MNIST: 0.19).
+# Images with at most this share of non-zero pixels take a sparse first layer (MNIST: 0.19): below
+# LISTED_FROM_UNITS units the CSR rows of their non-zeros, from it on the micro-kernel's listed tiles,
+# which add only the pixels where one of a tile's images is not 0 (kernels.dev.first_layer, ms per
+# step, listed / CSR: 1.24-1.50 at 128 units, 1.05-1.10 at 256, 0.88-0.93 at 512, 0.73-0.89 at 1024).
 SPARSE_DENSITY = 0.5
+LISTED_FROM_UNITS = 512
 # Elements per parallel task of sgd_update; a smaller array (a bias) is one task, updated serially,
 # since waking the thread pool costs more than the work.
 SGD_CHUNK = 16384
@@ -224,7 +228,7 @@ def _input_t(scratch, weights, B, l):
 
 
 # ---- the micro-kernel every dense product is made of ------------------------------------------------
-def _tile_intrinsic(rows, vectors):
+def _tile_intrinsic(rows, vectors, listed=False):
     """The micro-kernel: a numba intrinsic that computes one tile of a product in LLVM vector code.
 
         _tile(out, i0, j0, a, a_start, a_row, b, b_start, depth, n_rows, n_cols, accumulate)
@@ -238,6 +242,13 @@ def _tile_intrinsic(rows, vectors):
     LLVM does not build this from scalar code (it leaves 100+ loop-carried sums scalar and spills
     them: docs/numba.md), so the loop is written here as LLVM IR. It splits a 64-byte vector into the
     registers the CPU has (one zmm, two ymm, four NEON q).
+
+    listed: the tile adds only listed terms, for the first layer's images with their zero pixels
+    (_nonzero_terms lists them and packs A's values):
+        _tile(out, i0, j0, a, a_start, b, b_start, depth, ks, ks_start, n_rows, n_cols, accumulate)
+        out[i0 + i, j0 + j] (+)= sum over t < depth of a.flat[a_start + t * rows + i] * B[ks.flat[ks_start + t], j]
+    A is packed term by term, so its loads stay affine: with A read at a listed k, LLVM hoisted the
+    tile's 12 broadcasts above its FMAs and spilled half the sums to the stack.
 
     out: 2-D C-contiguous; a, b: C-contiguous, any number of dimensions; one float dtype; no bounds
     checks. B is a whole width wide (the packing pads the edge), so the loop loads whole vectors.
@@ -253,20 +264,36 @@ def _tile_intrinsic(rows, vectors):
             return None  # numba then reports that no signature matches
         index = types.intp
         signature = types.void(out, index, index, a, index, index, b, index, index, index, index, index)
-        return signature, partial(_emit_tile, rows, vectors)
-    return tile
+        return signature, partial(_emit_tile, rows, vectors, False)
+
+    @intrinsic
+    def listed_tile(typingctx, out, i0, j0, a, a_start, b, b_start, depth, ks, ks_start, n_rows, n_cols, accumulate):
+        arrays = (out, a, b)
+        if not (all(isinstance(x, types.Array) and x.layout == "C" and x.dtype == out.dtype for x in arrays)
+                and out.ndim == 2 and out.dtype in (types.float32, types.float64)
+                and isinstance(ks, types.Array) and ks.layout == "C" and ks.dtype == types.int32):
+            return None
+        index = types.intp
+        signature = types.void(out, index, index, a, index, b, index, index, ks, index, index, index, index)
+        return signature, partial(_emit_tile, rows, vectors, True)
+    return listed_tile if listed else tile
 
 
-def _emit_tile(rows, vectors, context, builder, signature, args):
-    """The LLVM IR of _tile_intrinsic(rows, vectors)'s tile, at the builder's position."""
-    out_, i0, j0, a_, a_start, a_row, b_, b_start, depth, n_rows, n_cols, accumulate = args
+def _emit_tile(rows, vectors, listed, context, builder, signature, args):
+    """The LLVM IR of _tile_intrinsic(rows, vectors, listed)'s tile, at the builder's position."""
+    if listed:
+        out_, i0, j0, a_, a_start, b_, b_start, depth, ks_, ks_start, n_rows, n_cols, accumulate = args
+        ks = context.make_array(signature.args[8])(context, builder, ks_)
+    else:
+        out_, i0, j0, a_, a_start, a_row, b_, b_start, depth, n_rows, n_cols, accumulate = args
     dtype = signature.args[0].dtype
     real = context.get_value_type(dtype)  # float or double
     size = dtype.bitwidth // 8
     width = VECTOR_BYTES // size  # lanes per vector: 16 float32, 8 float64
     vec = ir.VectorType(real, width)
     i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
-    out, a, b = (context.make_array(signature.args[n])(context, builder, x) for n, x in ((0, out_), (3, a_), (6, b_)))
+    out, a, b = (context.make_array(signature.args[n])(context, builder, x)
+                 for n, x in ((0, out_), (3, a_), (5 if listed else 6, b_)))
     out_row_length = builder.extract_value(out.shape, 1)
 
     def index(i):
@@ -288,11 +315,15 @@ def _emit_tile(rows, vectors, context, builder, signature, args):
     align = ir.Constant(i32, size)
 
     # before the loop: where each row of A starts (past n_rows: row n_rows - 1 again) and where B does
+    # (listed: A's packed terms, rows past the edge packed as zeros)
     last_row = builder.sub(n_rows, index(1))
     a_rows = []
     for i in range(rows):
-        row = builder.select(builder.icmp_signed("<", index(i), n_rows), index(i), last_row)
-        a_rows.append(builder.gep(a.data, [builder.add(a_start, builder.mul(row, a_row))]))
+        if listed:
+            a_rows.append(builder.gep(a.data, [builder.add(a_start, index(i))]))
+        else:
+            row = builder.select(builder.icmp_signed("<", index(i), n_rows), index(i), last_row)
+            a_rows.append(builder.gep(a.data, [builder.add(a_start, builder.mul(row, a_row))]))
     b_panel = builder.gep(b.data, [b_start])
 
     # the k loop; its loop-carried values (k and the rows * vectors sums) come first in its block
@@ -302,12 +333,15 @@ def _emit_tile(rows, vectors, context, builder, signature, args):
     builder.position_at_end(body)
     k = builder.phi(i64)
     sums = [[builder.phi(vec) for _ in range(vectors)] for _ in range(rows)]
-    b_row = builder.gep(b_panel, [builder.mul(k, index(vectors * width))])  # &B[k, 0]
+    if listed:  # k counts the listed terms; the row of B is the term's
+        b_term = builder.sext(builder.load(builder.gep(ks.data, [builder.add(ks_start, k)])), i64)
+    b_row = builder.gep(b_panel, [builder.mul(b_term if listed else k, index(vectors * width))])  # &B[k, 0]
     b_k = [builder.load(builder.bitcast(builder.gep(b_row, [index(v * width)]), vec.as_pointer()), align=size)
            for v in range(vectors)]  # B[k, v * width:(v + 1) * width]
     new = []
     for i in range(rows):
-        a_ik = splat(builder.load(builder.gep(a_rows[i], [k])), real)  # A[i, k] in every lane
+        a_offset = builder.mul(k, index(rows)) if listed else k
+        a_ik = splat(builder.load(builder.gep(a_rows[i], [a_offset])), real)  # A[i, k] in every lane
         new.append([builder.call(fma, [a_ik, b_k[v], sums[i][v]]) for v in range(vectors)])
     k_next = builder.add(k, index(1))
     end = builder.block
@@ -355,6 +389,43 @@ def _emit_tile(rows, vectors, context, builder, signature, args):
 
 
 _tile = _tile_intrinsic(TILE_ROWS, TILE_VECTORS)
+_listed_tile = _tile_intrinsic(TILE_ROWS, TILE_VECTORS, listed=True)
+
+
+@njit(cache=True)
+def _depth_block(K):
+    """The depth of _product's blocks of a sum of K terms: equal blocks of at most DEPTH_BLOCK (784 terms
+    as 4 x 196, not 3 x 256 and a short 16)."""
+    return max(_cdiv(K, max(_cdiv(K, DEPTH_BLOCK), 1)), 1)
+
+
+@njit(parallel=True, cache=True)
+def _nonzero_terms(terms, term_starts, packed, a):
+    """The terms a product with a (M, K) on the left needs, tile of TILE_ROWS rows by tile: for each of
+    _product's depth blocks, the k where a row of the tile is not 0, ascending, as offsets into the
+    block (terms (tiles, K) int32, from term_starts[tile, block] (tiles, blocks + 1) on), and a's
+    values at them, term by term (packed (tiles, K * TILE_ROWS): term n's TILE_ROWS values at
+    n * TILE_ROWS, zeros past the last row). MNIST images: ~50% of the pixels for 12 images, ~49% of
+    a batch's images for 12 pixels."""
+    M, K = a.shape
+    block = _depth_block(K)
+    # prange over tiles of rows: iteration owns that row of terms, term_starts and packed
+    for task in prange(_cdiv(M, TILE_ROWS)):
+        tile = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
+        i0, i1 = tile * TILE_ROWS, min(tile * TILE_ROWS + TILE_ROWS, M)
+        n = 0
+        for k0 in range(0, K, block):
+            term_starts[tile, k0 // block] = n
+            for k in range(k0, min(k0 + block, K)):
+                nonzero = False
+                for i in range(i0, i1):
+                    nonzero |= a[i, k] != 0
+                if nonzero:
+                    terms[tile, n] = k - k0
+                    for i in range(TILE_ROWS):
+                        packed[tile, n * TILE_ROWS + i] = a[i0 + i, k] if i0 + i < i1 else 0
+                    n += 1
+        term_starts[tile, _cdiv(K, block)] = n
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -382,9 +453,11 @@ def _pack(panel, b, k0, k1, j0, j1, width, transposed):
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _product(out, a, b, i0, i1, j0, j1, packs, transposed):
+def _product(out, a, b, i0, i1, j0, j1, packs, transposed, terms, term_starts, packed):
     """out[i0:i1, j0:j1] = a[i0:i1] (., K) @ B (K, .)[:, j0:j1], tile by tile, PANEL_COLS columns at a
     time; B is b, or b.T if transposed (an int: numba compiles a function anew for each bool constant).
+    terms, term_starts, packed: _nonzero_terms' listing of a, whose tiles then add only the terms where
+    a row of the tile is not 0 (_listed_tile); with no rows (_every_term): every term (_tile).
 
     BLIS's loops around the micro-kernel. The sum is cut in blocks of DEPTH_BLOCK; for each, the block
     of b is packed (this thread's row of packs: PACK_SIZE floats) so that the micro-kernel reads it as
@@ -395,8 +468,7 @@ def _product(out, a, b, i0, i1, j0, j1, packs, transposed):
     """
     K = a.shape[1]
     width = TILE_VECTORS * (VECTOR_BYTES // out.itemsize)
-    # blocks of equal depth, at most DEPTH_BLOCK: 784 terms as 4 x 196, not 3 x 256 and a short 16
-    block = _cdiv(K, max(_cdiv(K, DEPTH_BLOCK), 1))
+    block = _depth_block(K)
     panel = packs[numba.get_thread_id()]  # a thread's own: two tasks never run at once on one thread
     for c0 in range(j0, j1, PANEL_COLS):  # one pass in the parallel kernels, whose panels are this wide
         c1 = min(c0 + PANEL_COLS, j1)
@@ -404,9 +476,17 @@ def _product(out, a, b, i0, i1, j0, j1, packs, transposed):
             depth = min(k0 + block, K) - k0
             _pack(panel, b, k0, k0 + depth, c0, c1, width, transposed)
             for i in range(i0, i1, TILE_ROWS):
-                for j in range(c0, c1, width):
-                    _tile(out, i, j, a, i * K + k0, K, panel, (j - c0) * depth, depth, min(TILE_ROWS, i1 - i),
-                          min(width, c1 - j), k0)
+                if term_starts.shape[0] > 0:  # the listed terms of this tile of rows (tiles start at row 0)
+                    tile, n = i // TILE_ROWS, k0 // block
+                    first, count = term_starts[tile, n], term_starts[tile, n + 1] - term_starts[tile, n]
+                    for j in range(c0, c1, width):
+                        _listed_tile(out, i, j, packed, tile * packed.shape[1] + first * TILE_ROWS, panel,
+                                     (j - c0) * depth, count, terms, tile * terms.shape[1] + first,
+                                     min(TILE_ROWS, i1 - i), min(width, c1 - j), k0)
+                else:
+                    for j in range(c0, c1, width):
+                        _tile(out, i, j, a, i * K + k0, K, panel, (j - c0) * depth, depth, min(TILE_ROWS, i1 - i),
+                              min(width, c1 - j), k0)
 
 
 @njit(cache=True)
@@ -693,7 +773,7 @@ def _gather_row(inp, targets, b, images, labels, row, scale):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _dense_forward(out, out_t, inp, weight, bias, floor, drop, packs):
+def _dense_forward(out, out_t, inp, weight, bias, floor, drop, packs, terms, term_starts, packed):
     """out (B, OC) = max(inp (B, C) @ weight (C, OC) + bias (OC), floor): floor 0 is the ReLU,
     -inf none; then dropout under drop (a _dropout_key; threshold 0: none); out_t (OC, B) = out.T
     unless it has no rows (the weight gradient of the next layer reads it). Flags are numbers and
@@ -703,13 +783,14 @@ def _dense_forward(out, out_t, inp, weight, bias, floor, drop, packs):
     # prange over panels of outputs: iteration p owns its panel of out and out_t
     for task in prange(n_row_panels * _cdiv(OC, PANEL_COLS)):
         p = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
-        _forward_panel(out, out_t, inp, weight, bias, floor, drop, packs, *_panel(p, n_row_panels, B, OC))
+        _forward_panel(out, out_t, inp, weight, bias, floor, drop, packs, terms, term_starts, packed,
+                       *_panel(p, n_row_panels, B, OC))
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _forward_panel(out, out_t, inp, weight, bias, floor, drop, packs, i0, i1, j0, j1):
+def _forward_panel(out, out_t, inp, weight, bias, floor, drop, packs, terms, term_starts, packed, i0, i1, j0, j1):
     """Panel [i0:i1, j0:j1] of _dense_forward."""
-    _product(out, inp, weight, i0, i1, j0, j1, packs, 0)  # (i1 - i0, j1 - j0)
+    _product(out, inp, weight, i0, i1, j0, j1, packs, 0, terms, term_starts, packed)  # (i1 - i0, j1 - j0)
     for i in range(i0, i1):  # bias, ReLU and dropout while the panel is in L1
         for j in range(uint64(j0), uint64(j1)):
             value = out[i, j] + bias[j]
@@ -717,6 +798,12 @@ def _forward_panel(out, out_t, inp, weight, bias, floor, drop, packs, i0, i1, j0
         _dropout_row(out, i, j0, j1, drop)
     if out_t.shape[0] > 0:
         _store_t(out_t, out, i0, i1, j0, j1)
+
+
+@njit(cache=True)
+def _every_term(dtype):
+    """_product's (terms, term_starts, packed) for a product of every term: no rows."""
+    return np.empty((0, 0), np.int32), np.empty((0, 0), np.int32), np.empty((0, 0), dtype)
 
 
 @njit(cache=True)
@@ -739,14 +826,14 @@ def _transposed(x):
 def linear_forward(out, inp, weight, bias):
     """out (B, OC) = inp (B, C) @ weight (C, OC) + bias (OC)."""
     _dense_forward(out, out[:0], inp, weight, bias, -np.inf, _dropout_key(0, 0, 0, 0.0, out.dtype.type),
-                   _packs(out.dtype))
+                   _packs(out.dtype), *_every_term(out.dtype))
 
 
 @njit(fastmath=FASTMATH, cache=True)
 def linear_relu_forward(out, inp, weight, bias):
     """out (B, OC) = relu(inp (B, C) @ weight (C, OC) + bias (OC)): a hidden layer, ReLU in the epilogue."""
     _dense_forward(out, out[:0], inp, weight, bias, 0.0, _dropout_key(0, 0, 0, 0.0, out.dtype.type),
-                   _packs(out.dtype))
+                   _packs(out.dtype), *_every_term(out.dtype))
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -849,7 +936,7 @@ def softmax_cross_entropy(dlogits, logits, targets):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _dense_dweight(dweight, dbias, inp_t, dout, packs):
+def _dense_dweight(dweight, dbias, inp_t, dout, packs, terms, term_starts, packed):
     """dweight (C, OC) = inp_t (C, B) @ dout (B, OC); dbias (OC) = dout summed over B."""
     C, OC = dweight.shape
     n_row_panels = _cdiv(C, PANEL_ROWS)
@@ -857,7 +944,7 @@ def _dense_dweight(dweight, dbias, inp_t, dout, packs):
     for task in prange(n_row_panels * _cdiv(OC, PANEL_COLS)):
         p = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
         c0, c1, j0, j1 = _panel(p, n_row_panels, C, OC)
-        _product(dweight, inp_t, dout, c0, c1, j0, j1, packs, 0)  # (c1 - c0, j1 - j0)
+        _product(dweight, inp_t, dout, c0, c1, j0, j1, packs, 0, terms, term_starts, packed)  # (c1 - c0, j1 - j0)
         if c0 == 0:
             _column_sums(dbias, dout, j0, j1)
 
@@ -878,11 +965,11 @@ def linear_backward(dweight, dbias, dout, inp):
 
     dweight (C, OC) = inp (B, C).T @ dout (B, OC); dbias (OC) = dout summed over the batch.
     """
-    _dense_dweight(dweight, dbias, _transposed(inp), dout, _packs(dweight.dtype))
+    _dense_dweight(dweight, dbias, _transposed(inp), dout, _packs(dweight.dtype), *_every_term(dweight.dtype))
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _dense_backward_input(dinp, dout, weight, inp, keep_scale, packs):
+def _dense_backward_input(dinp, dout, weight, inp, keep_scale, packs, terms, term_starts, packed):
     """dinp (B, C) = (dout (B, OC) @ weight (C, OC).T) * (inp > 0) * keep_scale. inp is 0 where the
     ReLU was off or dropout dropped the unit; keep_scale is dropout's 1 / (1 - rate) (1: none), by
     which a kept unit's output was scaled."""
@@ -892,7 +979,7 @@ def _dense_backward_input(dinp, dout, weight, inp, keep_scale, packs):
     for task in prange(n_row_panels * _cdiv(C, PANEL_COLS)):
         p = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
         i0, i1, j0, j1 = _panel(p, n_row_panels, B, C)
-        _product(dinp, dout, weight, i0, i1, j0, j1, packs, 1)  # (i1 - i0, j1 - j0)
+        _product(dinp, dout, weight, i0, i1, j0, j1, packs, 1, terms, term_starts, packed)  # (i1 - i0, j1 - j0)
         _relu_mask(dinp, inp, keep_scale, i0, i1, j0, j1)
 
 
@@ -911,7 +998,7 @@ def linear_backward_input(dinp, dout, weight, inp):
 
     dinp (B, C) = (dout (B, OC) @ weight (C, OC).T) * (inp > 0), inp being the previous ReLU's output.
     """
-    _dense_backward_input(dinp, dout, weight, inp, dinp.dtype.type(1), _packs(dinp.dtype))
+    _dense_backward_input(dinp, dout, weight, inp, dinp.dtype.type(1), _packs(dinp.dtype), *_every_term(dinp.dtype))
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -1071,7 +1158,7 @@ def _sparse_update_rows(block, weight, dweight, m, v, columns, values, scale, bl
 
 # ---- dense layers and the last layer in a training step --------------------------------------------
 @njit(fastmath=FASTMATH, cache=True)
-def _dense_update(l, params, grads, optimizer, inp_t, dout, lr, number, hyper, packs):
+def _dense_update(l, params, grads, optimizer, inp_t, dout, lr, number, hyper, packs, terms, term_starts, packed):
     """Dense layer l: dweight = inp_t (C, B) @ dout (B, OC) and dbias, then the update of the weight,
     the bias and the optimizer's state.
 
@@ -1083,13 +1170,14 @@ def _dense_update(l, params, grads, optimizer, inp_t, dout, lr, number, hyper, p
     weight, dweight, m, v = params.weights[l], grads.weights[l], optimizer.velocity.weights[l], optimizer.second.weights[l]
     bias, dbias, m_b, v_b = params.biases[l], grads.biases[l], optimizer.velocity.biases[l], optimizer.second.biases[l]
     coef = _update_coefs(weight, lr, number, hyper)
-    _dense_dweight(dweight, dbias, inp_t, dout, packs)  # (C, OC), (OC,)
+    _dense_dweight(dweight, dbias, inp_t, dout, packs, terms, term_starts, packed)  # (C, OC), (OC,)
     _update_flat(weight, dweight, m, v, coef)
     _update_span(bias, dbias, m_b, v_b, coef)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _head_region(logits, dlogits, dinp, inp, weight, bias, targets, losses, correct, keep_scale, packs):
+def _head_region(logits, dlogits, dinp, inp, weight, bias, targets, losses, correct, keep_scale, packs,
+                 terms, term_starts, packed):
     """The last layer and the loss, per block of TILE_ROWS samples, and the gradient into the layer's input.
 
     logits (B, K) = inp (B, C) @ weight (C, K) + bias; dlogits (B, K) as softmax_cross_entropy;
@@ -1103,14 +1191,15 @@ def _head_region(logits, dlogits, dinp, inp, weight, bias, targets, losses, corr
     for task in prange(_cdiv(B, TILE_ROWS)):
         b0 = np.int64(task) * TILE_ROWS  # the parallel loop's index is unsigned: numba would type the body twice
         b1 = min(b0 + TILE_ROWS, B)
-        _product(logits, inp, weight, b0, b1, 0, K, packs, 0)  # (b1 - b0, K)
+        _product(logits, inp, weight, b0, b1, 0, K, packs, 0, terms, term_starts, packed)  # (b1 - b0, K)
         for b in range(b0, b1):
             for k in range(K):
                 logits[b, k] += bias[k]
             correct[b] = _argmax_row(logits, b) == targets[b]
             losses[b] = _softmax_xent_row(dlogits, logits, targets, b)
         if dinp.shape[0] > 0:
-            _product(dinp, dlogits, weight, b0, b1, 0, dinp.shape[1], packs, 1)  # (b1 - b0, C)
+            _product(dinp, dlogits, weight, b0, b1, 0, dinp.shape[1], packs, 1, terms, term_starts,
+                     packed)  # (b1 - b0, C)
             _relu_mask(dinp, inp, keep_scale, b0, b1, 0, dinp.shape[1])
 
 
@@ -1146,12 +1235,22 @@ def train_steps(params, grads, optimizer, buffers, data, steps, hyper):
     # the kernels index the scratch without bounds checks: refuse one too small before it is written
     if scratch.size < scratch_size(sizes, B):
         raise ValueError("buffers.scratch is smaller than scratch_size(): allocate the buffers with fastnn.step")
-    sparse_first = data.sparse and L > 1  # a single layer is the last layer: it runs on gathered rows
+    # a single layer is the last layer: it runs on gathered rows, every term
+    sparse_first = data.sparse and L > 1 and sizes[1] < LISTED_FROM_UNITS  # the CSR rows
+    listed_first = data.sparse and L > 1 and not sparse_first  # the listed tiles
     losses, correct, block_start, _ = _step_parts(scratch, weights, B)
     rows = B if L > 1 else 0  # the gradient into the last hidden layer: none for a single layer
     keep_scale = dtype(1 / (1 - hyper.dropout))  # a kept unit's output and gradient factor
     # working memory (serial code: allocating is fine): max-norm's, and each thread's packed blocks
     factors, packs = np.empty(sizes[1:].max(), dtype), _packs(weights[0].dtype)
+    every_term = _every_term(weights[0].dtype)
+    # the first layer's listings (_nonzero_terms): of its input, by tiles of images, and of its
+    # transpose, by tiles of pixels
+    C0, tiles_b, tiles_c = sizes[0], _cdiv(B, TILE_ROWS), _cdiv(sizes[0], TILE_ROWS)
+    image_terms = (np.empty((tiles_b, C0), np.int32), np.empty((tiles_b, _cdiv(C0, _depth_block(C0)) + 1), np.int32),
+                   np.empty((tiles_b, C0 * TILE_ROWS), weights[0].dtype))
+    pixel_terms = (np.empty((tiles_c, B), np.int32), np.empty((tiles_c, _cdiv(B, _depth_block(B)) + 1), np.int32),
+                   np.empty((tiles_c, B * TILE_ROWS), weights[0].dtype))
     S = steps.lrs.shape[0]
     step_losses, step_correct = np.empty(S), np.empty(S, np.int64)
     for s in range(S):
@@ -1166,20 +1265,27 @@ def train_steps(params, grads, optimizer, buffers, data, steps, hyper):
             if hyper.input_dropout > 0:
                 _dropout_rows(acts[0], acts[0], drop_in)
             _transpose(_input_t(scratch, weights, B, 0), acts[0])  # (C_0, B), for the first weight gradient
+            if listed_first:
+                _nonzero_terms(*image_terms, acts[0])
+                _nonzero_terms(*pixel_terms, _input_t(scratch, weights, B, 0))
         for l in range(1 if sparse_first else 0, L - 1):
+            terms, term_starts, packed = image_terms if l == 0 and listed_first else every_term
             _dense_forward(acts[l + 1], _input_t(scratch, weights, B, l + 1), acts[l], weights[l], biases[l], 0.0,
-                           _dropout_key(hyper.dropout_seed, number, l + 1, hyper.dropout, dtype), packs)  # (B, C_l+1)
+                           _dropout_key(hyper.dropout_seed, number, l + 1, hyper.dropout, dtype), packs, terms,
+                           term_starts, packed)  # (B, C_l+1)
         dinp = douts[max(L - 2, 0)][:rows]
         _head_region(acts[L], douts[L - 1], dinp, acts[L - 1], weights[L - 1], biases[L - 1], targets, losses,
-                     correct, keep_scale, packs)
+                     correct, keep_scale, packs, *every_term)
         for l in range(L - 2, 0, -1):  # gradients into the hidden layers, while every weight is unchanged
-            _dense_backward_input(douts[l - 1], douts[l], weights[l], acts[l], keep_scale, packs)  # (B, C_l)
+            _dense_backward_input(douts[l - 1], douts[l], weights[l], acts[l], keep_scale, packs,
+                                  *every_term)  # (B, C_l)
         for l in range(L - 1, -1, -1):
             if l == 0 and sparse_first:
                 _sparse_update(params, grads, optimizer, data, block_start, douts[0], lr, number, hyper, drop_in)
             else:
+                terms, term_starts, packed = pixel_terms if l == 0 and listed_first else every_term
                 _dense_update(l, params, grads, optimizer, _input_t(scratch, weights, B, l), douts[l], lr, number,
-                              hyper, packs)
+                              hyper, packs, terms, term_starts, packed)
         if hyper.max_norm > 0:
             for l in range(L):
                 _max_norm_columns(weights[l], factors, hyper.max_norm)

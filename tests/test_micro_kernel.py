@@ -90,3 +90,56 @@ def test_panels_are_whole_tiles():
     assert cpu.PANEL_ROWS % cpu.TILE_ROWS == 0
     assert all(cpu.PANEL_COLS % tile_width(dtype) == 0 for dtype in DTYPES)
     assert cpu.PACK_SIZE >= cpu.DEPTH_BLOCK * cpu.PANEL_COLS
+
+
+@njit
+def listed_tile(out, i0, j0, a, a_start, b, b_start, depth, ks, ks_start, n_rows, n_cols, accumulate):
+    cpu._listed_tile(out, i0, j0, a, a_start, b, b_start, depth, ks, ks_start, n_rows, n_cols, accumulate)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_rows, n_cols", [(cpu.TILE_ROWS, None), (1, 3), (5, 0), (7, 17)])
+def test_a_listed_tile_adds_the_listed_terms_only(dtype, n_rows, n_cols):
+    """The tile of _nonzero_terms' listings: A packed term by term, B's rows picked by the list."""
+    rng = np.random.default_rng(n_rows)
+    width = tile_width(dtype)
+    n_cols = width if n_cols is None else n_cols
+    ks = np.array([9, 0, 4, 5, 11, 3, 2], np.int32)  # listed terms (a tile's are ascending; any order adds)
+    A = rng.standard_normal((cpu.TILE_ROWS, len(ks))).astype(dtype)  # (rows, terms)
+    B = rng.standard_normal((12, width)).astype(dtype)  # a packed panel of 12 terms
+    packed = np.concatenate([np.full(3, np.nan, dtype), A.T.ravel()])  # starts 3 floats in
+    ks_all = np.concatenate([np.array([-1], np.int32), ks])  # the list starts 1 entry in
+    out = np.full((cpu.TILE_ROWS + 2, width + 2), 7.5, dtype)
+    before = out.copy()
+    listed_tile(out, 1, 2, packed, 3, B.ravel(), 0, len(ks) - 1, ks_all, 1, n_rows, n_cols, 0)  # all but the last
+    want = A[:n_rows, :-1].astype(np.float64) @ B[ks[:-1], :n_cols]
+    rtol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(out[1:1 + n_rows, 2:2 + n_cols], want, rtol=rtol, atol=rtol * len(ks))
+    outside = np.ones(out.shape, bool)
+    outside[1:1 + n_rows, 2:2 + n_cols] = False
+    np.testing.assert_array_equal(out[outside], before[outside])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nonzero_terms_lists_each_tiles_nonzero_columns_per_depth_block(dtype):
+    rng = np.random.default_rng(3)
+    M, K = cpu.TILE_ROWS + 5, 600  # two tiles, the second short; depth blocks of 200
+    a = (rng.standard_normal((M, K)) * (rng.random((M, K)) < 0.03)).astype(dtype)
+    a[:, 7] = 0  # a column zero in every row
+    block = cpu._depth_block(K)
+    terms = np.full((2, K), -9, np.int32)
+    term_starts = np.full((2, K // block + 1), -9, np.int32)
+    packed = np.full((2, K * cpu.TILE_ROWS), np.nan, dtype)
+    cpu._nonzero_terms(terms, term_starts, packed, a)
+    for tile in range(2):
+        rows = a[tile * cpu.TILE_ROWS:(tile + 1) * cpu.TILE_ROWS]
+        listed = np.flatnonzero((rows != 0).any(axis=0))  # (n,) ascending
+        starts = term_starts[tile]
+        assert starts[0] == 0 and starts[-1] == len(listed)
+        for n in range(K // block):  # offsets into each block
+            in_block = listed[(listed >= n * block) & (listed < (n + 1) * block)]
+            np.testing.assert_array_equal(terms[tile, starts[n]:starts[n + 1]], in_block - n * block)
+        values = packed[tile, :len(listed) * cpu.TILE_ROWS].reshape(len(listed), cpu.TILE_ROWS)  # (n, rows)
+        padded = np.zeros((cpu.TILE_ROWS, K), dtype)
+        padded[:len(rows)] = rows
+        np.testing.assert_array_equal(values, padded[:, listed].T)  # zeros past the last row

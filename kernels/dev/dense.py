@@ -168,16 +168,16 @@ def version2(layer):
     grads = Layers((layer["dweight"], weight[:, :10].copy()), (bias.copy(), bias[:10].copy()))
     optimizer = new_optimizer_state(params)
     hyper, no_dropout = Hyper(0.9, 0.0), cpu._dropout_key(0, 0, 0, 0.0, np.float32)
-    packs = cpu._packs(np.dtype(np.float32))
+    packs, every_term = cpu._packs(np.dtype(np.float32)), cpu._every_term(np.dtype(np.float32))
     return {
         "forward": lambda: cpu._dense_forward(layer["out"], layer["out_t"], layer["inp"], layer["weight"],
-                                              layer["bias"], 0.0, no_dropout, packs),
+                                              layer["bias"], 0.0, no_dropout, packs, *every_term),
         "input gradient": lambda: cpu._dense_backward_input(layer["dinp"], layer["dout"], layer["weight"],
-                                                            layer["inp"], np.float32(1), packs),
+                                                            layer["inp"], np.float32(1), packs, *every_term),
         "weight gradient": lambda: cpu._dense_dweight(layer["dweight"], layer["dbias"], layer["inp_t"], layer["dout"],
-                                                      packs),
+                                                      packs, *every_term),
         "weight update": lambda: cpu._dense_update(0, params, grads, optimizer, layer["inp_t"], layer["dout"], 0.0,
-                                                   1, hyper, packs),
+                                                   1, hyper, packs, *every_term),
     }
 
 

@@ -1,14 +1,16 @@
 """The first layer, sparse or dense, decided by measurement: train_steps on real MNIST batches with the
-training set handed over as CSR non-zeros (the sparse first layer) or as dense rows (the micro-kernel
-on all 784 pixels), at 128, 512 and 1024 hidden units.
+training set handed over as sparse images (kernels.cpu's rule: below LISTED_FROM_UNITS units the CSR
+rows of their non-zeros, from it on the micro-kernel's listed tiles, which add only the pixels where
+one of a tile's images is not 0) or as dense rows (the micro-kernel over every pixel).
 
     uv run python -m kernels.dev.first_layer
 
 Each shape is one hidden layer (784-H-10, SGD with momentum 0.9) at the batch size the side-by-side
-comparison uses for it, and also the default preset's two layers. Both forms run the same compiled
-train_steps (kernels.cpu.prepare_data decides, by CsrData.sparse); each is timed as the median of
-CALLS calls of STEPS_PER_CALL steps, alternating the two forms, after a warm-up call. The machine is
-shared: compare the columns of one run.
+comparison uses for it, and also the default preset's two layers and the large shape. Both forms run
+the same compiled train_steps (CsrData.sparse decides); each is timed as the median of CALLS calls of
+STEPS_PER_CALL steps, alternating the two forms, after a warm-up call. The machine is shared: compare
+the columns of one run. (The CSR rows against the listed tiles at every width: set LISTED_FROM_UNITS
+in kernels/cpu.py to 0 or to 10**9 and run this again.)
 """
 import time
 
@@ -19,8 +21,8 @@ from fastnn.step import Hyper, Steps, he_init, training_state
 from fastnn.training import STEPS_PER_CALL
 from kernels import cpu
 
-SHAPES = (((784, 128, 10), 64), ((784, 512, 10), 256), ((784, 1024, 10), 256), ((784, 512, 256, 10), 128),
-          ((784, 1024, 1024, 10), 256))
+SHAPES = (((784, 128, 10), 64), ((784, 256, 10), 128), ((784, 512, 10), 256), ((784, 1024, 10), 256),
+          ((784, 512, 256, 10), 128), ((784, 1024, 1024, 10), 256))
 CALLS = 15
 
 
