@@ -8,10 +8,12 @@ Dimension letters (fastnn/ops.py's): B = batch size, C = input features of a lay
 features, K = classes, L = layers. Weights are stored (C, OC). Outputs come first and are overwritten.
 
 How train_steps computes a step:
-- A first layer fed sparse images (MNIST: 81% exact zeros) works on their non-zeros only, kept in CSR
-  form by prepare_data: its forward adds, for each image, the weight rows of its non-zero pixels; its
-  weight gradient adds each non-zero pixel's share into that pixel's weight row. The work is
-  proportional to the non-zeros.
+- A first layer fed sparse images (MNIST: 81% exact zeros) works on their non-zeros only. Below
+  LISTED_FROM_UNITS units, on their CSR form (prepare_data): its forward adds, for each image, the
+  weight rows of its non-zero pixels; its weight gradient adds each non-zero pixel's share into that
+  pixel's weight row. From it on, on the micro-kernel's listed tiles: each step lists, per tile of
+  images, the pixels where one of them is not 0 (and per tile of pixels, the images), and the tiles
+  add only those terms (_nonzero_terms, _listed_tile).
 - Every dense product (hidden layers' forward, input gradient and weight gradient; the last layer)
   runs on one micro-kernel, _tile_intrinsic: BLIS's outer-product form, a tile of TILE_ROWS x
   (TILE_VECTORS x 64 bytes) sums held in vector registers for the whole sum, written in LLVM IR
