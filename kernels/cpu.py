@@ -582,15 +582,6 @@ def _adam_step(param, grad, m, v, coef):
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _update_one(param, grad, m, v, coef):
-    """One element's update, whichever the optimizer: returns (param, m, v)."""
-    if coef[0] == SGD:
-        param, m = _sgd_step(param, grad, m, coef)
-        return param, m, v
-    return _adam_step(param, grad, m, v, coef)
-
-
-@njit(fastmath=FASTMATH, cache=True)
 def _update_span(param, grad, m, v, coef):
     """The update of 1-D arrays (a chunk, a bias), serially; m, v: the optimizer's state for them."""
     if coef[0] == SGD:

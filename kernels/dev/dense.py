@@ -90,15 +90,28 @@ def _dot_block(out, a, bt, i0, i1, j0, j1):
             out[i, j] = total
 
 
+@njit
+def _panels(M, N):
+    """(number of row panels, number of panels) of an (M, N) output in version 1's panels."""
+    n_row_panels = (M + PANEL_ROWS - 1) // PANEL_ROWS
+    return n_row_panels, n_row_panels * ((N + PANEL_COLS - 1) // PANEL_COLS)
+
+
+@njit
+def _panel(task, n_row_panels, M, N):
+    """Rows [i0, i1) and columns [j0, j1) of panel `task`; column panels outermost."""
+    p = np.int64(task)
+    i0, j0 = p % n_row_panels * PANEL_ROWS, p // n_row_panels * PANEL_COLS
+    return i0, min(i0 + PANEL_ROWS, M), j0, min(j0 + PANEL_COLS, N)
+
+
 @njit(parallel=True, fastmath=FASTMATH)
 def forward1(out, inp, weight_t, bias):
     """out (B, OC) = relu(inp (B, C) @ weight_t (OC, C).T + bias)."""
     B, OC = out.shape
-    n_row_panels = (B + PANEL_ROWS - 1) // PANEL_ROWS
-    for task in prange(n_row_panels * ((OC + PANEL_COLS - 1) // PANEL_COLS)):
-        p = np.int64(task)
-        i0, j0 = p % n_row_panels * PANEL_ROWS, p // n_row_panels * PANEL_COLS
-        i1, j1 = min(i0 + PANEL_ROWS, B), min(j0 + PANEL_COLS, OC)
+    n_row_panels, n_panels = _panels(B, OC)
+    for task in prange(n_panels):
+        i0, i1, j0, j1 = _panel(task, n_row_panels, B, OC)
         _dot_block(out, inp, weight_t, i0, i1, j0, j1)
         for i in range(i0, i1):
             for j in range(uint64(j0), uint64(j1)):
@@ -110,11 +123,9 @@ def forward1(out, inp, weight_t, bias):
 def input_gradient1(dinp, dout, weight, inp):
     """dinp (B, C) = (dout (B, OC) @ weight (C, OC).T) * (inp > 0): rows of both along OC."""
     B, C = dinp.shape
-    n_row_panels = (B + PANEL_ROWS - 1) // PANEL_ROWS
-    for task in prange(n_row_panels * ((C + PANEL_COLS - 1) // PANEL_COLS)):
-        p = np.int64(task)
-        i0, j0 = p % n_row_panels * PANEL_ROWS, p // n_row_panels * PANEL_COLS
-        i1, j1 = min(i0 + PANEL_ROWS, B), min(j0 + PANEL_COLS, C)
+    n_row_panels, n_panels = _panels(B, C)
+    for task in prange(n_panels):
+        i0, i1, j0, j1 = _panel(task, n_row_panels, B, C)
         _dot_block(dinp, dout, weight, i0, i1, j0, j1)
         for i in range(i0, i1):
             for j in range(uint64(j0), uint64(j1)):
@@ -125,22 +136,18 @@ def input_gradient1(dinp, dout, weight, inp):
 def weight_gradient1(dweight, inp_t, dout_t):
     """dweight (C, OC) = inp_t (C, B) @ dout_t (OC, B).T."""
     C, OC = dweight.shape
-    n_row_panels = (C + PANEL_ROWS - 1) // PANEL_ROWS
-    for task in prange(n_row_panels * ((OC + PANEL_COLS - 1) // PANEL_COLS)):
-        p = np.int64(task)
-        c0, j0 = p % n_row_panels * PANEL_ROWS, p // n_row_panels * PANEL_COLS
-        _dot_block(dweight, inp_t, dout_t, c0, min(c0 + PANEL_ROWS, C), j0, min(j0 + PANEL_COLS, OC))
+    n_row_panels, n_panels = _panels(C, OC)
+    for task in prange(n_panels):
+        _dot_block(dweight, inp_t, dout_t, *_panel(task, n_row_panels, C, OC))
 
 
 @njit(parallel=True, fastmath=FASTMATH)
 def weight_update1(weight, velocity, dweight, inp_t, dout_t, lr, momentum):
     """dweight (C, OC) = inp_t (C, B) @ dout_t (OC, B).T, then SGD with momentum, panel by panel."""
     C, OC = dweight.shape
-    n_row_panels = (C + PANEL_ROWS - 1) // PANEL_ROWS
-    for task in prange(n_row_panels * ((OC + PANEL_COLS - 1) // PANEL_COLS)):
-        p = np.int64(task)
-        c0, j0 = p % n_row_panels * PANEL_ROWS, p // n_row_panels * PANEL_COLS
-        c1, j1 = min(c0 + PANEL_ROWS, C), min(j0 + PANEL_COLS, OC)
+    n_row_panels, n_panels = _panels(C, OC)
+    for task in prange(n_panels):
+        c0, c1, j0, j1 = _panel(task, n_row_panels, C, OC)
         _dot_block(dweight, inp_t, dout_t, c0, c1, j0, j1)
         for c in range(c0, c1):
             for j in range(uint64(j0), uint64(j1)):

@@ -14,7 +14,6 @@ BLAS runs first at its own thread count; numba's runs with BLAS capped at one th
 two spinning thread pools slow each other).
 """
 import sys
-import time
 
 import numba
 import numpy as np
@@ -22,6 +21,7 @@ from numba import njit, prange
 from threadpoolctl import threadpool_limits
 
 from kernels.cpu import VECTOR_BYTES, _pack, _tile_intrinsic
+from kernels.dev.dense import median_seconds
 
 SHAPES = {  # name: (M, N, K) of out (M, N) = a (M, K) @ b (K, N)
     "fwd 512>256": (128, 256, 512), "dinp 512>256": (128, 512, 256), "dW 512>256": (512, 256, 128),
@@ -49,7 +49,7 @@ def product_kernel(rows, vectors, depth, panel_rows, panel_cols):
             panel = packs[numba.get_thread_id()]
             for k0 in range(0, max(K, 1), depth):
                 d = min(k0 + depth, K) - k0
-                _pack(panel, b, k0, k0 + d, j0, j1, width)
+                _pack(panel, b, k0, k0 + d, j0, j1, width, 0)
                 for i in range(i0, i1, rows):
                     for j in range(j0, j1, width):
                         tile(out, i, j, a, i * K + k0, K, panel, (j - j0) * d, d, min(rows, i1 - i),
@@ -57,22 +57,12 @@ def product_kernel(rows, vectors, depth, panel_rows, panel_cols):
     return product
 
 
-def median_seconds(fn):
-    fn()
-    seconds = []
-    for _ in range(CALLS):
-        start = time.perf_counter()
-        fn()
-        seconds.append(time.perf_counter() - start)
-    return float(np.median(seconds))
-
-
 def main(argv=None):
     candidates = (sys.argv[1:] if argv is None else argv) or CANDIDATES
     rng = np.random.default_rng(0)
     arrays = {name: (rng.standard_normal((M, K), np.float32), rng.standard_normal((K, N), np.float32),
                      np.empty((M, N), np.float32)) for name, (M, N, K) in SHAPES.items()}
-    blas = {name: median_seconds(lambda a=a, b=b, out=out: np.matmul(a, b, out=out))
+    blas = {name: median_seconds(lambda a=a, b=b, out=out: np.matmul(a, b, out=out), CALLS)
             for name, (a, b, out) in arrays.items()}
     print(f"numba threads {numba.get_num_threads()}, float32; GFLOP/s and (BLAS time / ours)")
     print(f"{'rows,vec,depth,pr,pc':>21} " + " ".join(f"{name:>13}" for name in SHAPES))
@@ -86,7 +76,7 @@ def main(argv=None):
             for name, (a, b, out) in arrays.items():
                 product(out, a, b, packs)
                 np.testing.assert_allclose(out, a @ b, rtol=1e-3, atol=1e-3)
-                t = median_seconds(lambda: product(out, a, b, packs))
+                t = median_seconds(lambda: product(out, a, b, packs), CALLS)
                 cells.append(f"{2 * np.prod(SHAPES[name]) / t / 1e9:6.0f} ({blas[name] / t:4.2f})")
             print(f"{candidate:>21} " + " ".join(cells), flush=True)
 
