@@ -98,6 +98,12 @@ LISTED_FROM_UNITS = 512
 # Elements per parallel task of sgd_update; a smaller array (a bias) is one task, updated serially,
 # since waking the thread pool costs more than the work.
 SGD_CHUNK = 16384
+# Constant arguments to the kernels' callees. numba compiles a callee anew for each literal it is
+# passed (`_product(..., 0, ...)` types the argument Literal[int](0)), and its callers then carry one
+# copy per literal: _product, the largest function here, was compiled four times for the train step.
+# A np.int64 global is typed int64, so every call site shares one compiled version.
+ZERO, ONE = np.int64(0), np.int64(1)
+B_AS_IS, B_TRANSPOSED = ZERO, ONE  # _product's operand b, or b.T
 
 # Start Numba's thread pool now. train_steps and forward are cached serial functions that call parallel
 # kernels; when one was compiled while its kernels came from the cache, its own cache entry misses the
@@ -106,19 +112,20 @@ SGD_CHUNK = 16384
 numba.get_num_threads()
 
 # What the first run of a machine prints before it compiles (measured on the 2-core development
-# machine, cold cache, the default preset: about 30 s; then well under a second to load them).
-COMPILE_NOTICE = ("numba: compiling the kernels for this machine, once (about 30 s on 2 cores); "
+# machine, cold cache: 16 s for the default preset, 14 s for the seed's; then well under a second to
+# load them).
+COMPILE_NOTICE = ("numba: compiling the kernels for this machine, once (about 15 s on 2 cores); "
                   "later runs load them from the cache in about a second")
 
 
 def compile_notice():
-    """COMPILE_NOTICE when train_steps has nothing compiled in numba's cache for this source, else None.
+    """COMPILE_NOTICE when _train_steps has nothing compiled in numba's cache for this source, else None.
 
     It reads numba's cache index through private attributes: if they move in a numba release, the
     notice is shown every time rather than never.
     """
     try:
-        cached = bool(train_steps._cache._cache_file._load_index())  # {} when absent or stale
+        cached = bool(_train_steps._cache._cache_file._load_index())  # {} when absent or stale
     except Exception:  # a numba without these internals
         cached = False
     return None if cached else COMPILE_NOTICE
@@ -733,7 +740,7 @@ def _dropout_rows(out, inp, drop):
         b = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
         for j in range(H):
             out[b, j] = inp[b, j]
-        _dropout_row(out, b, 0, H, drop)
+        _dropout_row(out, b, ZERO, H, drop)
 
 
 @njit(cache=True)
@@ -776,14 +783,14 @@ def _dense_forward(out, out_t, inp, weight, bias, floor, drop, packs, terms, ter
     # prange over panels of outputs: iteration p owns its panel of out and out_t
     for task in prange(n_row_panels * _cdiv(OC, PANEL_COLS)):
         p = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
-        _forward_panel(out, out_t, inp, weight, bias, floor, drop, packs, terms, term_starts, packed,
-                       *_panel(p, n_row_panels, B, OC))
+        i0, i1, j0, j1 = _panel(p, n_row_panels, B, OC)
+        _forward_panel(out, out_t, inp, weight, bias, floor, drop, packs, terms, term_starts, packed, i0, i1, j0, j1)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, cache=True, inline="always")
 def _forward_panel(out, out_t, inp, weight, bias, floor, drop, packs, terms, term_starts, packed, i0, i1, j0, j1):
     """Panel [i0:i1, j0:j1] of _dense_forward."""
-    _product(out, inp, weight, i0, i1, j0, j1, packs, 0, terms, term_starts, packed)  # (i1 - i0, j1 - j0)
+    _product(out, inp, weight, i0, i1, j0, j1, packs, B_AS_IS, terms, term_starts, packed)  # (i1 - i0, j1 - j0)
     for i in range(i0, i1):  # bias, ReLU and dropout while the panel is in L1
         for j in range(uint64(j0), uint64(j1)):
             value = out[i, j] + bias[j]
@@ -937,7 +944,7 @@ def _dense_dweight(dweight, dbias, inp_t, dout, packs, terms, term_starts, packe
     for task in prange(n_row_panels * _cdiv(OC, PANEL_COLS)):
         p = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
         c0, c1, j0, j1 = _panel(p, n_row_panels, C, OC)
-        _product(dweight, inp_t, dout, c0, c1, j0, j1, packs, 0, terms, term_starts, packed)  # (c1 - c0, j1 - j0)
+        _product(dweight, inp_t, dout, c0, c1, j0, j1, packs, B_AS_IS, terms, term_starts, packed)  # (c1 - c0, j1 - j0)
         if c0 == 0:
             _column_sums(dbias, dout, j0, j1)
 
@@ -972,7 +979,7 @@ def _dense_backward_input(dinp, dout, weight, inp, keep_scale, packs, terms, ter
     for task in prange(n_row_panels * _cdiv(C, PANEL_COLS)):
         p = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
         i0, i1, j0, j1 = _panel(p, n_row_panels, B, C)
-        _product(dinp, dout, weight, i0, i1, j0, j1, packs, 1, terms, term_starts, packed)  # (i1 - i0, j1 - j0)
+        _product(dinp, dout, weight, i0, i1, j0, j1, packs, B_TRANSPOSED, terms, term_starts, packed)  # (i1 - i0, j1 - j0)
         _relu_mask(dinp, inp, keep_scale, i0, i1, j0, j1)
 
 
@@ -1068,7 +1075,7 @@ def _sparse_row_forward(out, block_start, b, weight, bias, start, end, columns, 
     for j in range(OC):
         if out[b, j] < 0:  # `< 0`: NaN stays NaN
             out[b, j] = 0
-    _dropout_row(out, b, 0, OC, drop)
+    _dropout_row(out, b, ZERO, OC, drop)
     p = start
     for t in range(block_start.shape[1]):
         while p < end and columns[p] < t * PIXEL_BLOCK:
@@ -1094,7 +1101,7 @@ def _sparse_forward(out, out_t, targets, block_start, data, indices, weight, bia
             targets[b] = labels[row]
             _sparse_row_forward(out, block_start, b, weight, bias, row_start[row], row_start[row + 1], columns,
                                 values, scale, drop_in, drop)  # (OC,)
-        _store_t(out_t, out, b0, b1, 0, out.shape[1])
+        _store_t(out_t, out, b0, b1, ZERO, out.shape[1])
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -1118,7 +1125,7 @@ def _sparse_update(params, grads, optimizer, data, block_start, dout, lr, number
         block = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
         _sparse_update_rows(block, weight, dweight, m, v, columns, values, scale, block_start, dout, coef, drop_in)
         if block == 0:
-            _column_sums(dbias, dout, 0, OC)
+            _column_sums(dbias, dout, ZERO, OC)
             _update_span(bias, dbias, m_b, v_b, coef)
 
 
@@ -1150,7 +1157,7 @@ def _sparse_update_rows(block, weight, dweight, m, v, columns, values, scale, bl
 
 
 # ---- dense layers and the last layer in a training step --------------------------------------------
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, cache=True, inline="always")
 def _dense_update(l, params, grads, optimizer, inp_t, dout, lr, number, hyper, packs, terms, term_starts, packed):
     """Dense layer l: dweight = inp_t (C, B) @ dout (B, OC) and dbias, then the update of the weight,
     the bias and the optimizer's state.
@@ -1184,16 +1191,16 @@ def _head_region(logits, dlogits, dinp, inp, weight, bias, targets, losses, corr
     for task in prange(_cdiv(B, TILE_ROWS)):
         b0 = np.int64(task) * TILE_ROWS  # the parallel loop's index is unsigned: numba would type the body twice
         b1 = min(b0 + TILE_ROWS, B)
-        _product(logits, inp, weight, b0, b1, 0, K, packs, 0, terms, term_starts, packed)  # (b1 - b0, K)
+        _product(logits, inp, weight, b0, b1, ZERO, K, packs, B_AS_IS, terms, term_starts, packed)  # (b1 - b0, K)
         for b in range(b0, b1):
             for k in range(K):
                 logits[b, k] += bias[k]
             correct[b] = _argmax_row(logits, b) == targets[b]
             losses[b] = _softmax_xent_row(dlogits, logits, targets, b)
         if dinp.shape[0] > 0:
-            _product(dinp, dlogits, weight, b0, b1, 0, dinp.shape[1], packs, 1, terms, term_starts,
+            _product(dinp, dlogits, weight, b0, b1, ZERO, dinp.shape[1], packs, B_TRANSPOSED, terms, term_starts,
                      packed)  # (b1 - b0, C)
-            _relu_mask(dinp, inp, keep_scale, b0, b1, 0, dinp.shape[1])
+            _relu_mask(dinp, inp, keep_scale, b0, b1, ZERO, dinp.shape[1])
 
 
 # ---- the training step ------------------------------------------------------------------------------
@@ -1208,14 +1215,49 @@ def train_step(params, grads, optimizer, buffers, data, indices, lr, number, hyp
     return float(losses[0]), int(n_correct[0])
 
 
-@njit(fastmath=FASTMATH, cache=True)
 def train_steps(params, grads, optimizer, buffers, data, steps, hyper):
     """S mini-batches in one call: fastnn.ops.train_steps. Returns (losses (S,), n_correct (S,)).
 
     data from prepare_data; buffers are views sized to these batches, their scratch whole (at least
-    scratch_size(sizes, B) floats). A call from Python costs ~10 us (numba reads every array of the
-    bundles): once per S steps it is noise. The steps' regions are called from here directly: numba
-    re-optimizes the code of every callee in each caller, so each level of calls costs compile time.
+    scratch_size(sizes, B) floats). The steps run in _train_steps, told which kernels they need.
+    A call costs ~10 us (numba reads every array of the bundles): once per S steps it is noise.
+    """
+    return _train_steps(params, grads, optimizer, buffers, data, steps, hyper, *_kernels_used(params, data, hyper))
+
+
+class KernelsUsed(NamedTuple):
+    """Which of _train_steps' kernels a fit's steps run: each field True, or None where they do not.
+
+    None, not False: numba drops a branch on an argument that is None before it types the branch, so
+    a fit compiles only the kernels it calls (the default preset skips the CSR first layer, max-norm
+    and input dropout; the seed preset every dense hidden-layer kernel).
+    """
+    csr_rows: object  # the first layer runs on the images' CSR rows (sparse images, below LISTED_FROM_UNITS units)
+    gathered: object  # else the pixels are gathered into acts[0] (a single layer is the last layer: always)
+    listed: object  # and the first layer's products add only the listed non-zero terms (sparse images)
+    hidden_forward: object  # some layer below the last runs its forward on _dense_forward
+    hidden_backward: object  # some gradient into a hidden layer runs on _dense_backward_input
+    input_dropout: object
+    max_norm: object
+
+
+def _kernels_used(params, data, hyper):
+    """The KernelsUsed of a fit of these layers, data (prepare_data) and settings."""
+    L, units = len(params.weights), params.weights[0].shape[1]
+    csr_rows = bool(data.sparse) and L > 1 and units < LISTED_FROM_UNITS
+    first_dense = 1 if csr_rows else 0  # the first layer whose forward runs on _dense_forward
+    used = KernelsUsed(csr_rows, not csr_rows, bool(data.sparse) and not csr_rows and L > 1, L - 1 > first_dense,
+                       L > 2, hyper.input_dropout > 0, hyper.max_norm > 0)
+    return KernelsUsed(*(True if on else None for on in used))
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _train_steps(params, grads, optimizer, buffers, data, steps, hyper, csr_rows, gathered, listed, hidden_forward,
+                 hidden_backward, input_dropout, max_norm):
+    """train_steps' steps, with the kernels that _kernels_used switched on (KernelsUsed, field by field).
+
+    The steps' regions are called from here directly: numba re-optimizes the code of every callee in
+    each caller, so each level of calls costs compile time.
     """
     weights, biases = params
     acts, douts, targets, scratch = buffers
@@ -1228,58 +1270,66 @@ def train_steps(params, grads, optimizer, buffers, data, steps, hyper):
     # the kernels index the scratch without bounds checks: refuse one too small before it is written
     if scratch.size < scratch_size(sizes, B):
         raise ValueError("buffers.scratch is smaller than scratch_size(): allocate the buffers with fastnn.step")
-    # a single layer is the last layer: it runs on gathered rows, every term
-    sparse_first = data.sparse and L > 1 and sizes[1] < LISTED_FROM_UNITS  # the CSR rows
-    listed_first = data.sparse and L > 1 and not sparse_first  # the listed tiles
     losses, correct, block_start, _ = _step_parts(scratch, weights, B)
     rows = B if L > 1 else 0  # the gradient into the last hidden layer: none for a single layer
     keep_scale = dtype(1 / (1 - hyper.dropout))  # a kept unit's output and gradient factor
     # working memory (serial code: allocating is fine): max-norm's, and each thread's packed blocks
     factors, packs = np.empty(sizes[1:].max(), dtype), _packs(weights[0].dtype)
     every_term = _every_term(weights[0].dtype)
-    # the first layer's listings (_nonzero_terms): of its input, by tiles of images, and of its
-    # transpose, by tiles of pixels
-    C0, tiles_b, tiles_c = sizes[0], _cdiv(B, TILE_ROWS), _cdiv(sizes[0], TILE_ROWS)
-    image_terms = (np.empty((tiles_b, C0), np.int32), np.empty((tiles_b, _cdiv(C0, _depth_block(C0)) + 1), np.int32),
-                   np.empty((tiles_b, C0 * TILE_ROWS), weights[0].dtype))
-    pixel_terms = (np.empty((tiles_c, B), np.int32), np.empty((tiles_c, _cdiv(B, _depth_block(B)) + 1), np.int32),
-                   np.empty((tiles_c, B * TILE_ROWS), weights[0].dtype))
+    image_terms = pixel_terms = every_term  # the first layer's products: every term, unless listed
+    first_dense = 0  # the first layer whose forward runs on _dense_forward
+    if listed is not None:
+        # _nonzero_terms' listings of the first layer's input, by tiles of images, and of its
+        # transpose, by tiles of pixels
+        C0, tiles_b, tiles_c = sizes[0], _cdiv(B, TILE_ROWS), _cdiv(sizes[0], TILE_ROWS)
+        image_terms = (np.empty((tiles_b, C0), np.int32),
+                       np.empty((tiles_b, _cdiv(C0, _depth_block(C0)) + 1), np.int32),
+                       np.empty((tiles_b, C0 * TILE_ROWS), weights[0].dtype))
+        pixel_terms = (np.empty((tiles_c, B), np.int32), np.empty((tiles_c, _cdiv(B, _depth_block(B)) + 1), np.int32),
+                       np.empty((tiles_c, B * TILE_ROWS), weights[0].dtype))
+    if csr_rows is not None:
+        first_dense = 1
     S = steps.lrs.shape[0]
     step_losses, step_correct = np.empty(S), np.empty(S, np.int64)
     for s in range(S):
         indices, lr, number = steps.indices[s], steps.lrs[s], steps.numbers[s]
-        drop_in = _dropout_key(hyper.dropout_seed, number, 0, hyper.input_dropout, dtype)  # acts[0]: the pixels
-        if sparse_first:
-            _sparse_forward(acts[1], _input_t(scratch, weights, B, 1), targets, block_start, data, indices,
+        drop_in = _dropout_key(hyper.dropout_seed, number, ZERO, hyper.input_dropout, dtype)  # acts[0]: the pixels
+        if csr_rows is not None:
+            _sparse_forward(acts[1], _input_t(scratch, weights, B, ONE), targets, block_start, data, indices,
                             weights[0], biases[0], drop_in,
-                            _dropout_key(hyper.dropout_seed, number, 1, hyper.dropout, dtype))  # (B, C_1)
-        else:
+                            _dropout_key(hyper.dropout_seed, number, ONE, hyper.dropout, dtype))  # (B, C_1)
+        if gathered is not None:
             gather_batch(acts[0], targets, data, indices)  # (B, C_0)
-            if hyper.input_dropout > 0:
+            if input_dropout is not None:
                 _dropout_rows(acts[0], acts[0], drop_in)
-            _transpose(_input_t(scratch, weights, B, 0), acts[0])  # (C_0, B), for the first weight gradient
-            if listed_first:
+            _transpose(_input_t(scratch, weights, B, ZERO), acts[0])  # (C_0, B), for the first weight gradient
+            if listed is not None:
                 _nonzero_terms(*image_terms, acts[0])
-                _nonzero_terms(*pixel_terms, _input_t(scratch, weights, B, 0))
-        for l in range(1 if sparse_first else 0, L - 1):
-            terms, term_starts, packed = image_terms if l == 0 and listed_first else every_term
-            _dense_forward(acts[l + 1], _input_t(scratch, weights, B, l + 1), acts[l], weights[l], biases[l], 0.0,
-                           _dropout_key(hyper.dropout_seed, number, l + 1, hyper.dropout, dtype), packs, terms,
-                           term_starts, packed)  # (B, C_l+1)
+                _nonzero_terms(*pixel_terms, _input_t(scratch, weights, B, ZERO))
+        if hidden_forward is not None:
+            for l in range(first_dense, L - 1):
+                terms, term_starts, packed = image_terms if l == 0 else every_term
+                _dense_forward(acts[l + 1], _input_t(scratch, weights, B, l + 1), acts[l], weights[l], biases[l],
+                               0.0, _dropout_key(hyper.dropout_seed, number, l + 1, hyper.dropout, dtype), packs,
+                               terms, term_starts, packed)  # (B, C_l+1)
         dinp = douts[max(L - 2, 0)][:rows]
         _head_region(acts[L], douts[L - 1], dinp, acts[L - 1], weights[L - 1], biases[L - 1], targets, losses,
                      correct, keep_scale, packs, *every_term)
-        for l in range(L - 2, 0, -1):  # gradients into the hidden layers, while every weight is unchanged
-            _dense_backward_input(douts[l - 1], douts[l], weights[l], acts[l], keep_scale, packs,
-                                  *every_term)  # (B, C_l)
-        for l in range(L - 1, -1, -1):
-            if l == 0 and sparse_first:
-                _sparse_update(params, grads, optimizer, data, block_start, douts[0], lr, number, hyper, drop_in)
-            else:
-                terms, term_starts, packed = pixel_terms if l == 0 and listed_first else every_term
-                _dense_update(l, params, grads, optimizer, _input_t(scratch, weights, B, l), douts[l], lr, number,
-                              hyper, packs, terms, term_starts, packed)
-        if hyper.max_norm > 0:
+        if hidden_backward is not None:
+            for l in range(L - 2, 0, -1):  # gradients into the hidden layers, while every weight is unchanged
+                _dense_backward_input(douts[l - 1], douts[l], weights[l], acts[l], keep_scale, packs,
+                                      *every_term)  # (B, C_l)
+        for l in range(L - 1, 0, -1):  # the updates, last layer first
+            terms, term_starts, packed = every_term
+            _dense_update(l, params, grads, optimizer, _input_t(scratch, weights, B, l), douts[l], lr, number,
+                          hyper, packs, terms, term_starts, packed)
+        if csr_rows is not None:
+            _sparse_update(params, grads, optimizer, data, block_start, douts[0], lr, number, hyper, drop_in)
+        if gathered is not None:
+            terms, term_starts, packed = pixel_terms
+            _dense_update(ZERO, params, grads, optimizer, _input_t(scratch, weights, B, ZERO), douts[0], lr, number,
+                          hyper, packs, terms, term_starts, packed)
+        if max_norm is not None:
             for l in range(L):
                 _max_norm_columns(weights[l], factors, hyper.max_norm)
         step_losses[s] = _mean(losses)
@@ -1295,7 +1345,8 @@ def compile_train_steps(params, grads, optimizer, buffers, data, steps, hyper):
     running a step: what the first call would do first. Returns the seconds it took, so that a fit
     reports compilation on its own, not inside its first epoch's training time."""
     start = time.perf_counter()
-    train_steps.compile(tuple(typeof(x) for x in (params, grads, optimizer, buffers, data, steps, hyper)))
+    args = (params, grads, optimizer, buffers, data, steps, hyper, *_kernels_used(params, data, hyper))
+    _train_steps.compile(tuple(typeof(x) for x in args))
     return time.perf_counter() - start
 
 

@@ -213,7 +213,7 @@ def test_the_first_numba_run_says_it_compiles(tmp_path, capsys, monkeypatch, cac
     from kernels import cpu
 
     index = {"an overload": "compiled"} if cached else {}  # numba's cache index: {} when absent or stale
-    monkeypatch.setattr(cpu.train_steps._cache._cache_file, "_load_index", lambda: index)
+    monkeypatch.setattr(cpu._train_steps._cache._cache_file, "_load_index", lambda: index)
     train.main(["--backend", "numba", "--preset", "seed", "--limit", "200", "--epochs", "1", "--no-plots",
                 "--out", str(tmp_path)])
     lines = capsys.readouterr().out.splitlines()
