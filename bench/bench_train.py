@@ -10,9 +10,9 @@ An epoch is fastnn.training.Trainer.run_epoch, the very loop MLP.fit runs: a shu
 import numpy as np
 import pytest
 
-from bench.workload import backend_op, dense_flops, describe, epoch_plan, mnist_data, preset_settings
+from bench.workload import backend_op, dense_flops, describe, mnist_data, preset_settings
 from fastnn.step import ADAM, Steps, he_init, training_state
-from fastnn.training import STEPS_PER_CALL, Trainer
+from fastnn.training import STEPS_PER_CALL, Trainer, epoch_plan
 
 CONFIGS = {  # name -> layer sizes, training settings: the shapes of the side-by-side comparison
     "784-128-10 B=64": ((784, 128, 10), preset_settings("seed")),  # the seed program
@@ -36,7 +36,7 @@ def test_train_steps(benchmark, ops, mnist, config, regime):
     fn, B = backend_op(ops, "train_steps"), settings.batch_size
     state = training_state(ops, he_init(sizes, np.float32, seed=42), B)
     data = ops.prepare_data(*mnist_data(*mnist))
-    order, lrs = epoch_plan(settings, np.random.default_rng(0), len(mnist[0]))
+    order, lrs = epoch_plan(settings, np.random.default_rng(0), np.arange(len(mnist[0])), 0)
     steps = Steps(ops.to_device(order[:STEPS_PER_CALL * B].reshape(STEPS_PER_CALL, B)),
                   ops.to_device(np.asarray(lrs[:STEPS_PER_CALL])), ops.to_device(np.arange(1, STEPS_PER_CALL + 1)))
     describe(benchmark, "train_steps", f"{config} x{STEPS_PER_CALL} {regime}", STEPS_PER_CALL * dense_flops(sizes, B),
@@ -53,5 +53,5 @@ def test_epoch(benchmark, ops, mnist, config):
     trainer = Trainer(ops, he_init(sizes, np.float32, seed=42), settings.batch_size, settings.hyper)
     data, rng = ops.prepare_data(*mnist_data(*mnist)), np.random.default_rng(0)
     describe(benchmark, "epoch", config, dense_flops(sizes, len(mnist[0])), B=settings.batch_size, H=sizes[1])
-    benchmark.pedantic(lambda: trainer.run_epoch(data, *epoch_plan(settings, rng, len(mnist[0]))),
+    benchmark.pedantic(lambda: trainer.run_epoch(data, *epoch_plan(settings, rng, np.arange(len(mnist[0])), 0)),
                        rounds=EPOCH_ROUNDS, iterations=1, warmup_rounds=1)

@@ -18,11 +18,10 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from fastnn.backends import get_backend
+from fastnn.backends import CPU_BACKENDS, get_backend
 from fastnn.data import load_dataset
 from fastnn.fileio import FastnnError
 
-BACKENDS = ("numpy", "numba")  # the CPU backends; cuda launches are asynchronous and need their own timing
 BLAS_THREADS = {"numpy": None, "numba": 1}  # OpenBLAS threads during each backend's benchmarks (None: all)
 
 
@@ -49,7 +48,7 @@ def mnist():
     return data.train_images, data.train_labels.astype(np.int64)
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=CPU_BACKENDS)  # cuda launches are asynchronous: bench.gpu times them
 def ops(request, benchmark):
     """The backend's ops module (skipped when it cannot be loaded), with its BLAS threads; records its name."""
     try:

@@ -28,11 +28,11 @@ import types
 import numpy as np
 
 from bench.bench_train import CONFIGS, REGIMES
-from bench.workload import SCALE, epoch_plan, mnist_data, preset_settings
+from bench.workload import SCALE, mnist_data, preset_settings
 from fastnn.backends import get_backend
 from fastnn.cli import friendly_errors
 from fastnn.step import ADAMW, SGD, he_init
-from fastnn.training import Trainer
+from fastnn.training import Trainer, epoch_plan
 
 TINY = {"12-8-10 B=8": ((12, 8, 10), preset_settings("default", batch_size=8))}  # --tiny: 2 full steps, 1 partial
 TINY_ROWS = 20
@@ -57,7 +57,7 @@ def fastnn_rows(kc, sizes, settings, images, labels, epochs):
         trainer = Trainer(ops, he_init(sizes, np.float32, seed=42), settings.batch_size, settings.hyper)
 
         def epoch():
-            trainer.run_epoch(data, *epoch_plan(settings, rng, len(images)))
+            trainer.run_epoch(data, *epoch_plan(settings, rng, np.arange(len(images)), 0))
 
         rows[f"fastnn cuda v{version}"] = (launches, timed(epoch, kc.synchronize, epochs))
     return rows

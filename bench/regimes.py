@@ -14,19 +14,19 @@ import time
 import numpy as np
 
 from bench.bench_train import CONFIGS, REGIMES
-from bench.workload import epoch_plan, mnist_data
-from fastnn.backends import get_backend
+from bench.workload import mnist_data
+from fastnn.backends import BACKENDS, get_backend
 from fastnn.cli import friendly_errors
 from fastnn.data import load_dataset
 from fastnn.step import Steps, he_init, training_state
-from fastnn.training import STEPS_PER_CALL
+from fastnn.training import STEPS_PER_CALL, epoch_plan
 
 
 def medians(ops, data, config, rounds):
     """{regime: median seconds of one train_steps call} for one config, the regimes interleaved."""
     sizes, settings = CONFIGS[config]
     B = settings.batch_size
-    order, lrs = epoch_plan(settings, np.random.default_rng(0), len(data.labels))
+    order, lrs = epoch_plan(settings, np.random.default_rng(0), np.arange(len(data.labels)), 0)
     steps = Steps(ops.to_device(order[:STEPS_PER_CALL * B].reshape(STEPS_PER_CALL, B)),
                   ops.to_device(np.asarray(lrs[:STEPS_PER_CALL])), ops.to_device(np.arange(1, STEPS_PER_CALL + 1)))
     states = {regime: training_state(ops, he_init(sizes, np.float32, seed=42), B) for regime in REGIMES}
@@ -44,7 +44,7 @@ def medians(ops, data, config, rounds):
 @friendly_errors
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.regimes", description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", default="numba", choices=["numpy", "numba", "cuda"])
+    parser.add_argument("--backend", default="numba", choices=sorted(BACKENDS))
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args(argv)
     ops = get_backend(args.backend)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from fastnn.backends import CPU_BACKENDS
 from fastnn.cli import friendly_errors
 from fastnn.fileio import FastnnError, atomic_write
 
@@ -23,7 +24,6 @@ RUNS = Path(".benchmarks")  # where --benchmark-autosave writes
 ORDER = ("gather_batch", "linear_relu_forward", "linear_forward", "softmax_cross_entropy",
          "linear_backward_input", "linear_backward", "dropout_forward", "sgd_update", "adam_update", "train_steps",
          "epoch")  # a step's order
-BACKENDS = ("numpy", "numba")
 COLORS = {"numpy": "tab:blue", "numba": "tab:orange"}
 NOISY = 2.0  # a median over twice the fastest round: most rounds waited on other load (flagged "~")
 DPI = 110
@@ -112,7 +112,7 @@ def markdown(rows, ceiling, run, path):
              "| numba % of ceiling |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
-        times = [("~" if noisy(row, b) else "") + format_time(row["median"].get(b)) for b in BACKENDS]
+        times = [("~" if noisy(row, b) else "") + format_time(row["median"].get(b)) for b in CPU_BACKENDS]
         numba_rate = gflops(row, "numba")
         share = 100 * numba_rate / ceiling if numba_rate and ceiling else None
         lines.append(f"| {row['op']} | {row['shape']} | {times[0]} | {times[1]} | "

@@ -9,19 +9,20 @@ import numpy as np
 import pytest
 
 from fastnn import ops as reference
-from fastnn.step import Data, Hyper, he_init
+from fastnn.model import MLP
+from fastnn.step import Data, he_init
 from fastnn.train import PRESETS
-from fastnn.training import Settings, learning_rate
 
 C, K = 784, 10
 SCALE = 1 / 255  # uint8 grey levels -> [0, 1], as MLP.fit hands them to the backend
 
 
 def preset_settings(name, **changes):
-    """The training settings of a fastnn.train preset (hidden sizes aside), with `changes` applied."""
-    p = {**PRESETS[name], **changes}
-    return Settings(p["batch_size"], p["epochs"], p["lr"], p["schedule"],
-                    Hyper(p.get("momentum", 0.0), p.get("weight_decay", 0.0)), shuffle=True)
+    """The training loop's settings (training.Settings) of a fastnn.train preset, with `changes` (MLP
+    parameters) applied: what MLP.fit would run, its optimizer, dropout and max-norm included."""
+    model = MLP(**{**PRESETS[name], **changes})
+    model.check_params()
+    return model.training_settings()
 
 
 def backend_op(ops, name):
@@ -66,14 +67,6 @@ def layer_inputs(data, B, H, seed=0):
     reference.softmax_cross_entropy(dlogits, logits, targets)
     reference.linear_backward_input(dhidden, dlogits, w2, hidden)
     return LayerInputs(indices, x, targets, w1, b1, hidden, w2, b2, logits, dlogits, dhidden)
-
-
-def epoch_plan(settings, rng, n_rows, epoch=0):
-    """(order, lrs) of one epoch as training.fit makes them: a shuffle, and the schedule's rates."""
-    steps_per_epoch = -(-n_rows // settings.batch_size)
-    total = steps_per_epoch * settings.epochs
-    lrs = [learning_rate(settings, epoch * steps_per_epoch + t, total) for t in range(steps_per_epoch)]
-    return rng.permutation(n_rows), lrs
 
 
 def dense_flops(sizes, rows):

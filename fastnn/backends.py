@@ -16,6 +16,8 @@ BACKENDS = {
     "numba": "kernels.cpu",
     "cuda": "kernels.cuda",
 }
+CPU_BACKENDS = ("numpy", "numba")  # those that run on any machine (tests and benchmarks run both)
+FAST_BACKENDS = ("numba", "cuda")  # those checked against the reference, "numpy"
 
 # The functions every backend module must define (tests check the signatures match fastnn.ops).
 OPS = (

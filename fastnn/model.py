@@ -250,9 +250,7 @@ class MLP:
             rng.bit_generator.state = state.rng_state  # where the shuffles were after epoch `done`
         # the dropout masks' seed: another run of the same model (a warm start) draws other masks
         dropout_seed = int(hash32(hash32(self.seed & 0xFFFFFFFF) ^ first_epoch))
-        hyper = Hyper(self.momentum, self.weight_decay, OPTIMIZERS[self.optimizer], self.beta1, self.beta2, self.eps,
-                      self.dropout, dropout_seed, self.max_norm, self.input_dropout)
-        loop = training.Settings(self.batch_size, self.epochs, self.lr, self.schedule, hyper, self.shuffle)
+        loop = self.training_settings(dropout_seed)
         data = ops.prepare_data(X, y, scale)
         for epoch in training.fit(ops, self._params(), data, train_rows, loop, rng, first_epoch, progress,
                                   optimizer, done):
@@ -280,6 +278,16 @@ class MLP:
             if self.run_state_.finished:
                 break
         return self
+
+    def training_settings(self, dropout_seed=0):
+        """The training loop's settings (a training.Settings) from these parameters, as fit runs them
+        (fit checks the parameters first). dropout_seed: the seed of the dropout masks (fit derives it
+        from seed and the run's first epoch)."""
+        hyper = Hyper(momentum=self.momentum, weight_decay=self.weight_decay, optimizer=OPTIMIZERS[self.optimizer],
+                      beta1=self.beta1, beta2=self.beta2, eps=self.eps, dropout=self.dropout, dropout_seed=dropout_seed,
+                      max_norm=self.max_norm, input_dropout=self.input_dropout)
+        return training.Settings(batch_size=self.batch_size, epochs=self.epochs, lr=self.lr, schedule=self.schedule,
+                                 hyper=hyper, shuffle=self.shuffle)
 
     def _best_record(self, first_epoch):
         """The record of this run's epoch with the highest validation accuracy (the first, on ties)."""

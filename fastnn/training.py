@@ -56,6 +56,16 @@ def learning_rate(settings, t, total_steps):
     return settings.lr
 
 
+def epoch_plan(settings, rng, rows, epoch):
+    """(order, lrs) of epoch `epoch` (0-based) of a run of settings on `rows` (N,): the rows in the
+    order of the epoch's batches (a shuffle drawn from rng, unless settings.shuffle is off) and each
+    of its steps' learning rate, the schedule spanning every epoch of the run."""
+    steps_per_epoch = -(-len(rows) // settings.batch_size)
+    total_steps = steps_per_epoch * settings.epochs
+    order = rng.permutation(rows) if settings.shuffle else rows
+    return order, [learning_rate(settings, epoch * steps_per_epoch + t, total_steps) for t in range(steps_per_epoch)]
+
+
 class Trainer:
     """One fit's state where the backend computes, and an epoch of train_steps calls on it."""
 
@@ -133,13 +143,10 @@ def fit(ops, params, data, rows, settings, rng, first_epoch=1, progress=False, o
     batch_size = min(settings.batch_size, len(rows))
     trainer = Trainer(ops, params, batch_size, settings.hyper, optimizer)
     compile_seconds = trainer.compile(data)
-    steps_per_epoch = -(-len(rows) // batch_size)
-    total_steps = steps_per_epoch * settings.epochs
     for e in range(epochs_done, settings.epochs):
         start = time.perf_counter()
-        order = rng.permutation(rows) if settings.shuffle else rows
-        lrs = [learning_rate(settings, e * steps_per_epoch + t, total_steps) for t in range(steps_per_epoch)]
-        loss, n_correct = trainer.run_epoch(data, order, lrs, e * steps_per_epoch + 1, first_epoch + e, progress)
+        order, lrs = epoch_plan(settings, rng, rows, e)
+        loss, n_correct = trainer.run_epoch(data, order, lrs, e * len(lrs) + 1, first_epoch + e, progress)
         params, optimizer = trainer.params(), trainer.optimizer()
         yield Epoch(first_epoch + e, loss, n_correct, lrs[-1], time.perf_counter() - start, compile_seconds, params,
                     optimizer)

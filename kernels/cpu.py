@@ -1153,7 +1153,7 @@ def _sparse_update_rows(block, weight, dweight, m, v, columns, values, scale, bl
                 continue
             for j in range(OC):
                 dweight[k, j] = 0
-        _update_block(weight, dweight, m, v, k, k + 1, 0, OC, coef)
+        _update_block(weight, dweight, m, v, k, k + 1, ZERO, OC, coef)
 
 
 # ---- dense layers and the last layer in a training step --------------------------------------------

@@ -31,7 +31,7 @@ import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from fastnn.backends import get_backend  # noqa: E402
+from fastnn.backends import CPU_BACKENDS, FAST_BACKENDS, get_backend  # noqa: E402
 from fastnn.data import load_dataset  # noqa: E402
 from fastnn.fileio import FastnnError  # noqa: E402
 from tests.helpers import ON_SIMULATOR  # noqa: E402
@@ -70,14 +70,14 @@ def fast_backend(name):
         pytest.skip(str(e))
 
 
-@pytest.fixture(params=["numba", "cuda"])
+@pytest.fixture(params=FAST_BACKENDS)
 def backend(request):
     """Each fast backend that can run here (cuda: on a GPU, or in the simulator), to compare with the
     reference one op at a time."""
     return fast_backend(request.param)
 
 
-@pytest.fixture(params=["numba", pytest.param("cuda", marks=ON_SIMULATOR)])
+@pytest.fixture(params=[pytest.param(name, marks=() if name in CPU_BACKENDS else ON_SIMULATOR) for name in FAST_BACKENDS])
 def step_backend(request):
     """backend, for tests of whole train steps: the CUDA simulator's cases carry the simulator marker."""
     return fast_backend(request.param)

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from fastnn import evaluate, predict, train
+from fastnn.backends import CPU_BACKENDS
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +188,7 @@ def test_bad_image_and_bad_weights_give_one_clear_line(trained_run, tmp_path):
         evaluate.main([str(tmp_path / "w.npz")])
 
 
-@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_divergence_stops_with_one_line_and_leaves_earlier_weights_whole(trained_run, tmp_path, backend):
     """A run that diverges exits with a clear line and never touches the weights file already in --out."""
     out, _ = trained_run

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from fastnn import checkpoint
+from fastnn.backends import CPU_BACKENDS
 from fastnn.fileio import FastnnError
 from fastnn.model import MLP
 from fastnn.train import PRESETS
@@ -87,7 +88,7 @@ RESUMED_RUNS = {"sgd": dict(lr=0.05, momentum=0.9, weight_decay=1e-3),
                                                       early_stopping=3)}
 
 
-@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("run", RESUMED_RUNS)
 def test_an_interrupted_fit_finishes_bitwise_as_if_never_stopped(mnist, tmp_path, backend, run):
     """The optimizer's state, the cosine schedule, the shuffles, the dropout masks and a validation
@@ -168,7 +169,7 @@ def test_fit_records_history_and_learns(mnist):
     assert model.score(mnist.test_images[:1000], mnist.test_labels[:1000]) == model.history_[-1]["test_accuracy"]
 
 
-@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_predict_uses_what_coefs_hold(mnist, backend):
     model = MLP(hidden=(16,), epochs=1, backend=backend).fit(mnist.train_images[:300], mnist.train_labels[:300])
     model.intercepts_[-1] = np.zeros(10, np.float32)
@@ -252,7 +253,7 @@ def test_weights_beyond_float32s_range_are_refused_not_made_infinite(tmp_path):
 def test_numba_and_numpy_agree_on_test_accuracy_after_two_epochs(mnist):
     """The seed preset for 2 epochs on all of MNIST: the backends' float32 sums differ in order only."""
     accuracy = {}
-    for backend in ("numpy", "numba"):
+    for backend in CPU_BACKENDS:
         model = MLP(hidden=(128,), backend=backend, **dict(SEED_PARAMS, epochs=2))
         model.fit(mnist.train_images, mnist.train_labels)
         accuracy[backend] = model.score(mnist.test_images, mnist.test_labels)
@@ -260,7 +261,7 @@ def test_numba_and_numpy_agree_on_test_accuracy_after_two_epochs(mnist):
     assert abs(accuracy["numba"] - accuracy["numpy"]) <= 0.003, accuracy
 
 
-@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_diverging_learning_rate_stops_with_a_clear_message(mnist, backend):
     X, y = mnist.train_images[:256], mnist.train_labels[:256]
     with pytest.raises(FastnnError, match="training diverged at epoch 1, step .*lower the learning rate"):
@@ -313,7 +314,7 @@ def test_validation_loss_is_the_cross_entropy_of_the_held_out_rows(mnist):
     assert MLP(hidden=(16,), epochs=1).fit(X, y).history_[0]["val_loss"] is None
 
 
-@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_adam_dropout_and_max_norm_train_and_dropout_is_off_at_inference(mnist, backend):
     X, y = mnist.train_images[:2000], mnist.train_labels[:2000]
     model = MLP(hidden=(64, 32), epochs=3, optimizer="adamw", lr=3e-3, weight_decay=1e-2, dropout=0.3,
