@@ -49,9 +49,11 @@ class FastnnClassifier(ClassifierMixin, BaseEstimator, MLP):
                  beta1=0.9, beta2=0.999, eps=1e-8, dropout=0.0, input_dropout=0.0, max_norm=0.0, batch_size=64,
                  epochs=200, schedule="constant", validation_fraction=0.0, early_stopping=0, shuffle=True,
                  dtype="float32", seed=42):
-        super().__init__(hidden, backend, optimizer, lr, momentum, weight_decay, beta1, beta2, eps, dropout,
-                         input_dropout, max_norm, batch_size, epochs, schedule, validation_fraction, early_stopping,
-                         shuffle, dtype, seed)
+        super().__init__(hidden=hidden, backend=backend, optimizer=optimizer, lr=lr, momentum=momentum,
+                         weight_decay=weight_decay, beta1=beta1, beta2=beta2, eps=eps, dropout=dropout,
+                         input_dropout=input_dropout, max_norm=max_norm, batch_size=batch_size, epochs=epochs,
+                         schedule=schedule, validation_fraction=validation_fraction, early_stopping=early_stopping,
+                         shuffle=shuffle, dtype=dtype, seed=seed)
 
     @property
     def classes_(self):
