@@ -1277,7 +1277,6 @@ def _train_steps(params, grads, optimizer, buffers, data, steps, hyper, csr_rows
     factors, packs = np.empty(sizes[1:].max(), dtype), _packs(weights[0].dtype)
     every_term = _every_term(weights[0].dtype)
     image_terms = pixel_terms = every_term  # the first layer's products: every term, unless listed
-    first_dense = 0  # the first layer whose forward runs on _dense_forward
     if listed is not None:
         # _nonzero_terms' listings of the first layer's input, by tiles of images, and of its
         # transpose, by tiles of pixels
@@ -1287,6 +1286,7 @@ def _train_steps(params, grads, optimizer, buffers, data, steps, hyper, csr_rows
                        np.empty((tiles_b, C0 * TILE_ROWS), weights[0].dtype))
         pixel_terms = (np.empty((tiles_c, B), np.int32), np.empty((tiles_c, _cdiv(B, _depth_block(B)) + 1), np.int32),
                        np.empty((tiles_c, B * TILE_ROWS), weights[0].dtype))
+    first_dense = 0  # the first layer whose forward runs on _dense_forward
     if csr_rows is not None:
         first_dense = 1
     S = steps.lrs.shape[0]
