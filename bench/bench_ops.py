@@ -93,26 +93,24 @@ def test_softmax_cross_entropy(benchmark, ops, inputs, B):
     time_op(benchmark, ops, fn, [ops.empty((B, K), np.float32)], [data.logits, data.targets])
 
 
-@pytest.mark.parametrize("H", HIDDEN)
-def test_sgd_update(benchmark, ops, inputs, H):
-    """One SGD step with momentum and weight decay on w1 (C, H), in place."""
-    fn, data = backend_op(ops, "sgd_update"), inputs(BATCHES[0], H)
-    describe(benchmark, "sgd_update", f"W1 H={H}", SGD_FLOPS * C * H, H=H)
-    param, velocity = ops.to_device(data.w1.copy()), ops.to_device(np.zeros_like(data.w1))
-    grad = np.full_like(data.w1, 1e-3)  # constant: param settles where decay balances it, no overflow
-    hyper = preset_settings("default").hyper
-    time_op(benchmark, ops, fn, [param], [grad, velocity], 0.1, hyper.momentum, hyper.weight_decay)
+# The update of w1 (C, H) in place, by each optimizer: the default preset's SGD (momentum and weight
+# decay), and Adam with L2 weight decay at step 10 (bias corrections live). The gradient is constant:
+# SGD's param settles where decay balances it, Adam's steps stay near lr, no overflow over many rounds.
+UPDATES = {"sgd": (preset_settings("default").hyper, 0.1, SGD_FLOPS),
+           "adam": (preset_settings("default", optimizer="adam").hyper, 1e-3, ADAM_FLOPS)}
 
 
+@pytest.mark.parametrize("optimizer", UPDATES)
 @pytest.mark.parametrize("H", HIDDEN)
-def test_adam_update(benchmark, ops, inputs, H):
-    """One Adam step with L2 weight decay on w1 (C, H), in place, at step 10 (bias corrections live)."""
-    fn, data = backend_op(ops, "adam_update"), inputs(BATCHES[0], H)
-    describe(benchmark, "adam_update", f"W1 H={H}", ADAM_FLOPS * C * H, H=H)
+def test_update(benchmark, ops, inputs, H, optimizer):
+    """One step of `optimizer` on w1 (C, H), in place."""
+    hyper, lr, flops = UPDATES[optimizer]
+    fn, data = backend_op(ops, "update"), inputs(BATCHES[0], H)
+    describe(benchmark, f"update ({optimizer})", f"W1 H={H}", flops * C * H, H=H)
     param, moment1, moment2 = (ops.to_device(a) for a in (data.w1.copy(), np.zeros_like(data.w1),
                                                         np.zeros_like(data.w1)))
-    grad = np.full_like(data.w1, 1e-3)  # constant: Adam's steps stay near lr, no overflow over many rounds
-    time_op(benchmark, ops, fn, [param], [grad, moment1, moment2], 1e-3, 10, 0.9, 0.999, 1e-8, 5e-4, False)
+    grad = np.full_like(data.w1, 1e-3)
+    time_op(benchmark, ops, fn, [param], [grad, moment1, moment2], lr, 10, hyper)
 
 
 @pytest.mark.parametrize("H", HIDDEN)

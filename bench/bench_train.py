@@ -3,7 +3,7 @@
     uv run pytest --benchmark-only bench/bench_train.py
     uv run pytest --benchmark-only bench/bench_train.py -k "epoch and 128"
 
-An epoch is fastnn.training.Trainer.run_epoch, the very loop MLP.fit runs: a shuffle, then every batch
+An epoch is fastnn.loop.Trainer.run_epoch, the very loop MLP.fit runs: a shuffle, then every batch
 (the partial last one included) in calls of STEPS_PER_CALL steps, without evaluation. Its dense FLOPs
 (forward and backward, 2 per multiply-add) are ~24.5 GFLOP for 784-128-10.
 """
@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from bench.workload import backend_op, dense_flops, describe, mnist_data, preset_settings
-from fastnn.step import ADAM, Steps, he_init, training_state
-from fastnn.training import STEPS_PER_CALL, Trainer, epoch_plan
+from fastnn.bundles import Steps, he_init, training_state
+from fastnn.loop import STEPS_PER_CALL, Trainer, epoch_plan
+from fastnn.settings import ADAM
 
 CONFIGS = {  # name -> layer sizes, training settings: the shapes of the side-by-side comparison
     "784-128-10 B=64": ((784, 128, 10), preset_settings("seed")),  # the seed program

@@ -9,7 +9,7 @@
 Rows per config (bench/bench_train.py's CONFIGS) and kind of step (its REGIMES: the presets' SGD,
 Adam, dropout, max-norm): fastnn's cuda train steps version 1 (2L + 3 launches per step, one more
 with max-norm) and 2 (1 persistent launch per call of STEPS_PER_CALL steps), each through
-fastnn.training.Trainer.run_epoch, the loop MLP.fit runs, and torch with the same layers, initial
+fastnn.loop.Trainer.run_epoch, the loop MLP.fit runs, and torch with the same layers, initial
 weights, optimizer, dropout and max-norm: eager, and with the train step captured in a CUDA graph
 (the graph replays full batches only, so it skips the partial last batch: 32 of 60000 images).
 Adam runs at ADAM_LR: the presets' SGD rates would make it diverge, and the trainer stops a
@@ -30,9 +30,10 @@ import numpy as np
 from bench.bench_train import CONFIGS, REGIMES
 from bench.workload import SCALE, mnist_data, preset_settings
 from fastnn.backends import get_backend
+from fastnn.bundles import he_init
 from fastnn.cli import friendly_errors
-from fastnn.step import ADAMW, SGD, he_init
-from fastnn.training import Trainer, epoch_plan
+from fastnn.loop import Trainer, epoch_plan
+from fastnn.settings import ADAMW, SGD
 
 TINY = {"12-8-10 B=8": ((12, 8, 10), preset_settings("default", batch_size=8))}  # --tiny: 2 full steps, 1 partial
 TINY_ROWS = 20

@@ -16,10 +16,10 @@ import numpy as np
 from bench.bench_train import CONFIGS, REGIMES
 from bench.workload import mnist_data
 from fastnn.backends import BACKENDS, get_backend
+from fastnn.bundles import Steps, he_init, training_state
 from fastnn.cli import friendly_errors
 from fastnn.data import load_dataset
-from fastnn.step import Steps, he_init, training_state
-from fastnn.training import STEPS_PER_CALL, epoch_plan
+from fastnn.loop import STEPS_PER_CALL, epoch_plan
 
 
 def medians(ops, data, config, rounds):

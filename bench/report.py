@@ -22,7 +22,7 @@ from fastnn.fileio import FastnnError, atomic_write
 
 RUNS = Path(".benchmarks")  # where --benchmark-autosave writes
 ORDER = ("gather_batch", "linear_relu_forward", "linear_forward", "softmax_cross_entropy",
-         "linear_backward_input", "linear_backward", "dropout_forward", "sgd_update", "adam_update", "train_steps",
+         "linear_backward_input", "linear_backward", "dropout_forward", "update (sgd)", "update (adam)", "train_steps",
          "epoch")  # a step's order
 COLORS = {"numpy": "tab:blue", "numba": "tab:orange"}
 NOISY = 2.0  # a median over twice the fastest round: most rounds waited on other load (flagged "~")

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 
 from fastnn import ops as reference
+from fastnn.bundles import Data, he_init
 from fastnn.model import MLP
-from fastnn.step import Data, he_init
-from fastnn.train import PRESETS
+from fastnn.settings import PRESETS
 
 C, K = 784, 10
 SCALE = 1 / 255  # uint8 grey levels -> [0, 1], as MLP.fit hands them to the backend
 
 
 def preset_settings(name, **changes):
-    """The training loop's settings (training.Settings) of a fastnn.train preset, with `changes` (MLP
+    """The training loop's settings (loop.Settings) of a fastnn.train preset, with `changes` (MLP
     parameters) applied: what MLP.fit would run, its optimizer, dropout and max-norm included."""
     model = MLP(**{**PRESETS[name], **changes})
     model.check_params()

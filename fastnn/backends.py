@@ -22,11 +22,11 @@ FAST_BACKENDS = ("numba", "cuda")  # those checked against the reference, "numpy
 # The functions every backend module must define (tests check the signatures match fastnn.ops).
 OPS = (
     "gather_batch", "linear_forward", "relu_forward", "linear_relu_forward", "relu_backward",
-    "softmax", "softmax_cross_entropy", "linear_backward", "linear_backward_input", "sgd_update",
-    "adam_update", "max_norm", "dropout_forward", "argmax", "forward", "train_step", "train_steps",
+    "softmax", "softmax_cross_entropy", "linear_backward", "linear_backward_input", "update", "max_norm",
+    "dropout_forward", "argmax", "forward", "train_step", "train_steps",
 )
 # How the model allocates and moves the buffers it owns, hands over the training set once per fit,
-# and learns how much scratch memory the backend's train_steps wants (fastnn/step.py uses them).
+# and learns how much scratch memory the backend's train_steps wants (fastnn/bundles.py uses them).
 MEMORY = ("empty", "to_device", "to_host", "prepare_data", "scratch_size")
 
 

@@ -21,8 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fastnn.bundles import Layers, OptimizerState
 from fastnn.fileio import FastnnError, atomic_write, atomic_writes
-from fastnn.step import Layers, OptimizerState
 
 HISTORY = "history.json"  # the file names beside weights.npz
 STATE = "train_state.npz"
@@ -64,7 +64,7 @@ def write_weights(path, params, state=None):
         return
     meta = state._asdict()
     optimizer, best = meta.pop("optimizer"), meta.pop("best")
-    arrays = {**_pairs(optimizer.velocity, "V", "vb"), **_pairs(optimizer.second, "S", "sb"),
+    arrays = {**_pairs(optimizer.moment1, "V", "vb"), **_pairs(optimizer.moment2, "S", "sb"),
               **(_pairs(best, "BW", "Bb") if best is not None else {})}
     with atomic_writes([path, Path(path).with_name(STATE)]) as (weights_file, state_file):
         np.savez(weights_file, **_pairs(params, "W", "b"))

@@ -1,19 +1,50 @@
-"""What the command-line entry points share: the data and backend flags, and how errors are shown."""
+"""What the command-line entry points share: the data and backend flags, flags made from the settings'
+table, and how errors are shown."""
+import argparse
 import functools
 import sys
 
-from fastnn.backends import BACKENDS
 from fastnn.fileio import FastnnError
+from fastnn.settings import SETTINGS, Flag, Interval, Options
 
 DATASETS = ("mnist", "fashion-mnist")
 
 
+def add_setting_flag(parser, name, default=None, default_text=None):
+    """The flag of setting `name` (fastnn.settings), its value stored under the setting's name; None
+    (default) when not given, so that a preset's or the model's own value stands. default_text: what
+    --help says about the default (else "default: " the setting's default)."""
+    setting = SETTINGS[name]
+    flag = setting.option
+    help_text = f"{setting.help} ({default_text or 'default: ' + setting.show(setting.default)})"
+    if isinstance(setting.allowed, Flag):
+        parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+    elif isinstance(setting.allowed, Options):
+        parser.add_argument(flag, dest=name, choices=setting.allowed.names, default=default, help=help_text)
+    else:
+        metavar = setting.metavar or ("N" if setting.allowed.kind is int else "X")
+        parser.add_argument(flag, dest=name, type=_parser(setting.allowed), default=default, metavar=metavar,
+                            help=help_text)
+
+
+def _parser(allowed):
+    """argparse's type= for a setting's values: int or float for an Interval (argparse then says "invalid
+    int value: 'x'"), else allowed.parse, its ValueError shown in its own words."""
+    if isinstance(allowed, Interval):
+        return allowed.kind
+
+    def parse(text):
+        try:
+            return allowed.parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
+
+
 def add_common_args(parser):
     """--backend, --dtype, --dataset, --data-dir: the same meaning in train, evaluate and predict."""
-    parser.add_argument("--backend", choices=sorted(BACKENDS), default="numpy",
-                        help="which implementation runs the math (default: numpy)")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default=None,
-                        help="floating-point type (default: float32)")
+    add_setting_flag(parser, "backend", default=SETTINGS["backend"].default)
+    add_setting_flag(parser, "dtype")
     parser.add_argument("--dataset", choices=DATASETS, default="mnist",
                         help="mnist is bundled; fashion-mnist is read from --data-dir or downloaded once")
     parser.add_argument("--data-dir", metavar="DIR", default=None,

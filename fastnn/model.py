@@ -4,65 +4,39 @@
     model.score(X_test, y_test), model.predict(X), model.predict_proba(X), model.save("weights.npz")
 
 The model checks its parameters and data, then hands the work on: the training loop to
-fastnn/training.py, the math to the backend, the files to fastnn/checkpoint.py.
+fastnn/loop.py, the math to the backend, the files to fastnn/checkpoint.py.
 """
-import inspect
-import math
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from fastnn import checkpoint, training
-from fastnn.backends import BACKENDS, get_backend
+from fastnn import checkpoint, loop, settings
+from fastnn.backends import get_backend
+from fastnn.bundles import Layers, activations, he_init, hyper_of, layer_sizes, to_device
+from fastnn.early_stopping import EarlyStopping
 from fastnn.fileio import FastnnError
 from fastnn.ops import hash32
-from fastnn.step import OPTIMIZERS, Hyper, Layers, activations, he_init, layer_sizes, to_device
 
-DTYPES = ("float32", "float64")
 EVAL_BATCH = 2000  # rows per inference chunk: bounds memory, big enough to keep the kernels busy
 
 
-def _is_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_real(value):
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def _param_error(name, allowed, got):
-    """The one template for a bad parameter (scikit-learn's)."""
-    return FastnnError(f"The {name!r} parameter of MLP must be {allowed}. Got {got!r} instead.")
+class RunStart(NamedTuple):
+    """Where a fit's run starts: a new run, or the rest of an interrupted one."""
+    first_epoch: int  # the number of the run's first epoch
+    done: int  # epochs of the run already trained (an interrupted run's), 0 for a new run
+    optimizer: object  # the OptimizerState to go on from; None: zeros
+    rng: np.random.Generator  # the shuffles' generator, where the run's next epoch draws
+    train_rows: np.ndarray  # (N - V,) the rows trained on
+    val_rows: np.ndarray  # (V,) the rows held out for val_accuracy
+    early_stopping: EarlyStopping  # None without early stopping
 
 
 class MLP:
     """Multilayer perceptron: input -> hidden ReLU layers -> softmax, trained by mini-batch SGD or Adam.
 
-    Parameters
-    ----------
-    hidden : tuple of int, sizes of the hidden layers, e.g. (128,) or (512, 256).
-    backend : {"numpy", "numba", "cuda"}, which implementation of the ops runs the math.
-    optimizer : {"sgd", "adam", "adamw"}: SGD with momentum; Adam (Kingma & Ba) with weight decay as an
-        L2 term in the gradient; AdamW, Adam with decoupled weight decay (Loshchilov & Hutter).
-    lr : float, learning rate (the peak rate when `schedule="cosine"`).
-    momentum : float in [0, 1), SGD's momentum (0 = plain SGD; Adam uses beta1 instead).
-    weight_decay : float >= 0, the L2 penalty (SGD, Adam) or the decoupled decay rate (AdamW).
-    beta1, beta2, eps : Adam's decay rates of its two moment estimates, and the term that keeps its
-        division finite.
-    dropout : float in [0, 1), the rate of inverted dropout on every hidden layer's output in training.
-    input_dropout : float in [0, 1), the rate of inverted dropout on the input features in training.
-    max_norm : float >= 0, the largest L2 norm of a unit's incoming weights, enforced after every
-        update; 0 = no limit.
-    batch_size, epochs : int.
-    schedule : {"constant", "cosine"}, learning rate per step: fixed, or cosine decay to 0 over the run.
-    validation_fraction : float in [0, 1), share of the training set held out to report `val_accuracy`.
-    early_stopping : int >= 0, stop after this many epochs without a better validation accuracy and
-        keep the best epoch's weights; 0 = train every epoch. Needs validation_fraction > 0.
-    shuffle : bool, reshuffle the training set every epoch (False: batches in the order given).
-    dtype : {"float32", "float64"}.
-    seed : int >= 0, seeds the He-normal initialisation, the validation split, the per-epoch shuffles
-        and the dropout masks.
+    Its parameters are the settings of fastnn/settings.py, keyword arguments, listed below.
 
     Attributes (after fit or load)
     ------------------------------
@@ -74,30 +48,8 @@ class MLP:
         interrupted run needs besides the weights; `save` writes it beside them.
     """
 
-    def __init__(self, hidden=(128,), backend="numpy", optimizer="sgd", lr=0.01, momentum=0.0, weight_decay=0.0,
-                 beta1=0.9, beta2=0.999, eps=1e-8, dropout=0.0, input_dropout=0.0, max_norm=0.0, batch_size=64,
-                 epochs=10, schedule="constant", validation_fraction=0.0, early_stopping=0, shuffle=True,
-                 dtype="float32", seed=42):
-        self.hidden = hidden
-        self.backend = backend
-        self.optimizer = optimizer
-        self.lr = lr
-        self.momentum = momentum
-        self.weight_decay = weight_decay
-        self.beta1 = beta1
-        self.beta2 = beta2
-        self.eps = eps
-        self.dropout = dropout
-        self.input_dropout = input_dropout
-        self.max_norm = max_norm
-        self.batch_size = batch_size
-        self.epochs = epochs
-        self.schedule = schedule
-        self.validation_fraction = validation_fraction
-        self.early_stopping = early_stopping
-        self.shuffle = shuffle
-        self.dtype = dtype
-        self.seed = seed
+    __init__ = settings.init_method(settings.DEFAULTS)
+    __doc__ += "\n" + settings.parameters_doc(settings.DEFAULTS)
 
     # ---- what follows from the learned state ------------------------------------------------
     @property
@@ -118,41 +70,7 @@ class MLP:
     # ---- checks -----------------------------------------------------------------------------
     def check_params(self):
         """Raise FastnnError naming the first parameter that is out of its range; fit does this first."""
-        hidden = self.hidden
-        if isinstance(hidden, int) or not all(isinstance(h, (int, np.integer)) and h > 0 for h in hidden):
-            raise _param_error("hidden", "a tuple of positive ints", hidden)
-        if self.backend not in BACKENDS:
-            raise _param_error("backend", f"one of {sorted(BACKENDS)}", self.backend)
-        if self.dtype not in DTYPES:
-            raise _param_error("dtype", f"one of {list(DTYPES)}", self.dtype)
-        if self.schedule not in training.SCHEDULES:
-            raise _param_error("schedule", f"one of {list(training.SCHEDULES)}", self.schedule)
-        if self.optimizer not in OPTIMIZERS:
-            raise _param_error("optimizer", f"one of {list(OPTIMIZERS)}", self.optimizer)
-        for name in ("batch_size", "epochs"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise _param_error(name, "an int >= 1", value)
-        if not _is_int(self.early_stopping) or self.early_stopping < 0:
-            raise _param_error("early_stopping", "an int >= 0 (epochs without improvement; 0 = off)",
-                               self.early_stopping)
-        for name in ("lr", "eps"):
-            value = getattr(self, name)
-            if not (_is_real(value) and 0 < value < math.inf):
-                raise _param_error(name, "a float > 0", value)
-        for name in ("momentum", "beta1", "beta2", "dropout", "input_dropout", "validation_fraction"):
-            value = getattr(self, name)
-            if not (_is_real(value) and 0 <= value < 1):
-                raise _param_error(name, "a float in [0, 1)", value)
-        for name in ("weight_decay", "max_norm"):
-            value = getattr(self, name)
-            if not (_is_real(value) and 0 <= value < math.inf):
-                raise _param_error(name, "a float >= 0", value)
-        if self.early_stopping and not self.validation_fraction:
-            raise FastnnError("early_stopping watches the validation accuracy: set validation_fraction "
-                              "(say 0.1; --validation 0.1 on the command line) or early_stopping=0")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise _param_error("seed", "an int >= 0", self.seed)  # NumPy's generators take no negative seed
+        settings.check(settings.values_of(self))
 
     def _check_X(self, X, name="X"):
         """X as a C-contiguous uint8 (pixels, scaled by 1/255 as batches are gathered) or float array,
@@ -220,59 +138,30 @@ class MLP:
         ops = get_backend(self.backend)
         X, scale = self._check_X(X)
         y = self._check_y(y, X.shape[0])
-        n_val = int(len(X) * self.validation_fraction)
-        if self.validation_fraction and not n_val:
-            raise FastnnError(f"validation_fraction={self.validation_fraction} of {len(X)} rows holds out no row: "
-                              f"use at least {1 / len(X):.2g}, or 0 for no validation split")
         if not (warm_start and hasattr(self, "coefs_")):
-            n_classes = int(y.max()) + 1 if n_classes is None else n_classes
-            params = he_init((X.shape[1], *self.hidden, n_classes), self.dtype, self.seed)
-            self.coefs_, self.intercepts_ = list(params.weights), list(params.biases)
+            n_outputs = int(y.max()) + 1 if n_classes is None else n_classes
+            self._set_params(he_init((X.shape[1], *self.hidden, n_outputs), self.dtype, self.seed))
             self.history_, self.run_state_ = [], None
-        classes = self.coefs_[-1].shape[1]
-        if n_classes is not None and n_classes != classes:
-            raise FastnnError(f"the model has {classes} outputs but the data has {n_classes} classes")
-        if y.max() >= classes:
-            raise FastnnError(f"y holds label {y.max()} but the model has {classes} classes")
-
-        settings = self._run_settings(X, y)
-        state = self.run_state_ if warm_start else None
-        if state is not None and not state.finished:  # an interrupted run: finish it
-            self._check_continuation(state, settings)
-            first_epoch, done, optimizer, best = state.first_epoch, state.done, state.optimizer, state.best
-        else:
-            first_epoch, done, optimizer, best = self.n_iter_ + 1, 0, None, None
-        # one generator per run, seeded by where the run starts: the validation split, then the shuffles
-        rng = np.random.default_rng([self.seed, first_epoch - 1])
-        order = rng.permutation(len(X)) if n_val else np.arange(len(X))
-        train_rows, val_rows = order[n_val:], order[:n_val]
-        if done:
-            rng.bit_generator.state = state.rng_state  # where the shuffles were after epoch `done`
+        self._check_classes(y, n_classes)
+        fingerprint = self._run_settings(X, y)
+        run = self._start_run(len(X), fingerprint, self.run_state_ if warm_start else None)
         # the dropout masks' seed: another run of the same model (a warm start) draws other masks
-        dropout_seed = int(hash32(hash32(self.seed & 0xFFFFFFFF) ^ first_epoch))
-        loop = self.training_settings(dropout_seed)
+        dropout_seed = int(hash32(hash32(self.seed & 0xFFFFFFFF) ^ run.first_epoch))
         data = ops.prepare_data(X, y, scale)
-        for epoch in training.fit(ops, self._params(), data, train_rows, loop, rng, first_epoch, progress,
-                                  optimizer, done):
-            params = epoch.params
-            self.coefs_, self.intercepts_ = list(params.weights), list(params.biases)
-            val_loss, val_accuracy = self._loss_and_accuracy(X[val_rows], y[val_rows]) if n_val else (None, None)
-            record = {"epoch": epoch.number, "loss": epoch.loss, "train_accuracy": epoch.n_correct / len(train_rows),
-                      "val_loss": val_loss, "val_accuracy": val_accuracy, "seconds": epoch.seconds, "lr": epoch.lr}
-            if epoch.number == first_epoch + done:  # the fit's first epoch
+        for epoch in loop.fit(ops, self._params(), data, run.train_rows, self.training_settings(dropout_seed), run.rng,
+                              run.first_epoch, progress, run.optimizer, run.done):
+            record = self._epoch_record(epoch, X[run.val_rows], y[run.val_rows], len(run.train_rows))
+            if epoch.number == run.first_epoch + run.done:  # the fit's first epoch
                 record["compile_seconds"] = epoch.compile_seconds
             self.history_.append(record)
-            if self.early_stopping:
-                best_record = self._best_record(first_epoch)
-                best = params if best_record is record else best
-                stop = epoch.number - best_record["epoch"] >= self.early_stopping
-                if stop or epoch.number == first_epoch - 1 + self.epochs:  # the run ends: keep the best weights
-                    record["early_stopping"] = self._early_stop_note(best_record, stop, first_epoch)
-                    params, best = best, None
-                    self.coefs_, self.intercepts_ = list(params.weights), list(params.biases)
+            params = epoch.params
+            if run.early_stopping is not None:  # at the run's end: the best epoch's
+                params = run.early_stopping.after_epoch(record, params)
+            self._set_params(params)
             self.run_state_ = checkpoint.RunState(
-                first_epoch, self.epochs, epoch.number - first_epoch + 1, epoch.optimizer, rng.bit_generator.state,
-                settings, list(self.history_), checkpoint.weights_digest(params), best)
+                run.first_epoch, self.epochs, epoch.number - run.first_epoch + 1, epoch.optimizer,
+                run.rng.bit_generator.state, fingerprint, list(self.history_), checkpoint.weights_digest(params),
+                None if run.early_stopping is None else run.early_stopping.best)
             if on_epoch is not None:
                 on_epoch(record)
             if self.run_state_.finished:
@@ -280,44 +169,70 @@ class MLP:
         return self
 
     def training_settings(self, dropout_seed=0):
-        """The training loop's settings (a training.Settings) from these parameters, as fit runs them
+        """The training loop's settings (a loop.Settings) from these parameters, as fit runs them
         (fit checks the parameters first). dropout_seed: the seed of the dropout masks (fit derives it
         from seed and the run's first epoch)."""
-        hyper = Hyper(momentum=self.momentum, weight_decay=self.weight_decay, optimizer=OPTIMIZERS[self.optimizer],
-                      beta1=self.beta1, beta2=self.beta2, eps=self.eps, dropout=self.dropout, dropout_seed=dropout_seed,
-                      max_norm=self.max_norm, input_dropout=self.input_dropout)
-        return training.Settings(batch_size=self.batch_size, epochs=self.epochs, lr=self.lr, schedule=self.schedule,
-                                 hyper=hyper, shuffle=self.shuffle)
+        values = settings.values_of(self)
+        return loop.Settings(**{name: values[name] for name in loop.Settings._fields if name != "hyper"},
+                             hyper=hyper_of(values, dropout_seed))
 
-    def _best_record(self, first_epoch):
-        """The record of this run's epoch with the highest validation accuracy (the first, on ties)."""
-        return max(self.history_[first_epoch - 1:], key=lambda record: record["val_accuracy"])
+    def _set_params(self, params):
+        """coefs_ and intercepts_ from a Layers of host arrays."""
+        self.coefs_, self.intercepts_ = list(params.weights), list(params.biases)
 
-    def _early_stop_note(self, best_record, stopped, first_epoch):
-        """What early stopping did, for the run's last record."""
-        best, val = best_record["epoch"], best_record["val_accuracy"]
-        last = self.history_[-1]["epoch"]
-        reason = (f"no validation accuracy above {val:.2%} (epoch {best}) for {self.early_stopping} epochs: "
-                  f"stopped after epoch {last} of {first_epoch - 1 + self.epochs}" if stopped
-                  else f"ran every epoch; the best validation accuracy was {val:.2%}, at epoch {best}")
-        return {"stopped": stopped, "best_epoch": best, "best_val_accuracy": val,
-                "reason": f"{reason}; kept the weights of epoch {best}"}
+    def _check_classes(self, y, n_classes):
+        classes = self.coefs_[-1].shape[1]
+        if n_classes is not None and n_classes != classes:
+            raise FastnnError(f"the model has {classes} outputs but the data has {n_classes} classes")
+        if y.max() >= classes:
+            raise FastnnError(f"y holds label {y.max()} but the model has {classes} classes")
+
+    def _start_run(self, n_rows, fingerprint, state):
+        """The RunStart of a fit on n_rows rows: the rest of the run `state` (a RunState) describes if it
+        was interrupted (it must have the same fingerprint), else a new run after the epochs so far."""
+        n_val = int(n_rows * self.validation_fraction)
+        if self.validation_fraction and not n_val:
+            raise FastnnError(f"validation_fraction={self.validation_fraction} of {n_rows} rows holds out no row: "
+                              f"use at least {1 / n_rows:.2g}, or 0 for no validation split")
+        unfinished = state is not None and not state.finished
+        if unfinished:
+            self._check_continuation(state, fingerprint)
+        first_epoch, done = (state.first_epoch, state.done) if unfinished else (self.n_iter_ + 1, 0)
+        # one generator per run, seeded by where the run starts: the validation split, then the shuffles
+        rng = np.random.default_rng([self.seed, first_epoch - 1])
+        order = rng.permutation(n_rows) if n_val else np.arange(n_rows)
+        if done:
+            rng.bit_generator.state = state.rng_state  # where the shuffles were after epoch `done`
+        stopper = None
+        if self.early_stopping:
+            stopper = EarlyStopping(self.early_stopping, first_epoch - 1 + self.epochs, self.history_[first_epoch - 1:],
+                                    state.best if unfinished else None)
+        return RunStart(first_epoch, done, state.optimizer if unfinished else None, rng, order[n_val:], order[:n_val],
+                        stopper)
+
+    def _epoch_record(self, epoch, X_val, y_val, n_train):
+        """The history record of a loop.Epoch (see fit), with the loss and accuracy on X_val, y_val."""
+        self._set_params(epoch.params)  # the validation split is scored with the epoch's weights
+        val_loss, val_accuracy = self._loss_and_accuracy(X_val, y_val) if len(y_val) else (None, None)
+        return {"epoch": epoch.number, "loss": epoch.loss, "train_accuracy": epoch.n_correct / n_train,
+                "val_loss": val_loss, "val_accuracy": val_accuracy, "seconds": epoch.seconds, "lr": epoch.lr}
 
     def _run_settings(self, X, y):
         """What a run's trajectory depends on besides the weights: checked before finishing a run."""
-        # every parameter but the layer sizes (the weights hold them) and the backend; plain Python numbers
-        # (a GridSearchCV may set NumPy ones): the settings are stored as JSON
-        names = [name for name in inspect.signature(MLP).parameters if name not in ("hidden", "backend")]
-        settings = {name: getattr(self, name) for name in names}
-        settings = {k: v.item() if isinstance(v, np.generic) else v for k, v in settings.items()}
-        return {**settings, "rows": len(X),
+        # the settings marked `resume`, as plain Python values (a GridSearchCV may set NumPy ones): the
+        # settings are stored as JSON
+        values = {name: value.item() if isinstance(value, np.generic) else value
+                  for name, value in settings.values_of(self).items() if settings.SETTINGS[name].resume}
+        return {**values, "rows": len(X),
                 # a fingerprint of the data (~30 ms for MNIST): another --limit or dataset is another run
                 "data_crc32": zlib.crc32(y, zlib.crc32(X))}
 
     @staticmethod
-    def _check_continuation(state, settings):
-        changed = [f"{k}={state.settings.get(k)!r} (now {v!r})" for k, v in settings.items()
-                   if state.settings.get(k) != v]
+    def _check_continuation(state, fingerprint):
+        # a setting the run's version of fastnn did not have yet: it ran with that setting's default
+        had = {name: state.settings.get(name, getattr(settings.SETTINGS.get(name), "default", None))
+               for name in fingerprint}
+        changed = [f"{k}={had[k]!r} (now {v!r})" for k, v in fingerprint.items() if had[k] != v]
         if changed:
             raise FastnnError(f"the run stopped at epoch {state.done} of {state.epochs} and can only be finished "
                               f"with the settings and data it started with: it had {', '.join(changed)}")
@@ -363,7 +278,7 @@ class MLP:
 
     def _loss_and_accuracy(self, X, y):
         """Mean cross-entropy and accuracy of the model on X, y (y int labels 0..K-1)."""
-        probs = MLP.predict_proba(self, X)  # (N, K); MLP's own: a subclass's (fastnn.estimator) checks X again
+        probs = self.predict_proba(X)  # (N, K)
         picked = probs[np.arange(len(y)), y].astype(np.float64)  # (N,)
         # a probability that rounded to 0 counts as the smallest positive float, not as an infinite loss
         loss = -np.mean(np.log(np.maximum(picked, np.finfo(probs.dtype).tiny)))

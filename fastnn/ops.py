@@ -8,11 +8,12 @@ Conventions (llm.c's): outputs first, then inputs, then scalars; outputs are ove
 accumulated into, so there is no zero-grad step. Dimension letters:
     B = batch size, C = input features of a layer, OC = output features, K = classes (10)
 Weights are stored (C, OC), so a layer is plain `inp @ weight + bias`. A whole training step takes the
-named bundles of fastnn/step.py.
+named bundles of fastnn/bundles.py.
 """
 import numpy as np
 
-from fastnn.step import ADAM, ADAMW, SGD, Data
+from fastnn.bundles import Data
+from fastnn.settings import ADAMW, SGD
 
 # Memory: where the model's arrays live. Host memory here; the CUDA backend moves them to the GPU.
 empty = np.empty  # empty(shape, dtype) -> a new uninitialised array
@@ -116,24 +117,24 @@ def linear_backward_input(dinp, dout, weight, inp):
     relu_backward(dinp, dinp, inp)
 
 
-def sgd_update(param, grad, velocity, lr, momentum, weight_decay):
+def sgd_update(param, grad, moment1, lr, momentum, weight_decay):
     """One SGD step with optional momentum and L2 weight decay, in place (PyTorch's formulation).
 
-    g = grad + weight_decay * param;  velocity = momentum * velocity + g;  param -= lr * velocity
-    With momentum = weight_decay = 0 this is plain `param -= lr * grad`.
+    g = grad + weight_decay * param;  moment1 = momentum * moment1 + g;  param -= lr * moment1
+    moment1 is the momentum buffer. With momentum = weight_decay = 0 this is plain `param -= lr * grad`.
     """
     g = grad + weight_decay * param if weight_decay else grad
-    np.multiply(velocity, momentum, out=velocity)
-    velocity += g
-    param -= lr * velocity
+    np.multiply(moment1, momentum, out=moment1)
+    moment1 += g
+    param -= lr * moment1
 
 
-def adam_update(param, grad, moment1, moment2, lr, step, beta1, beta2, eps, weight_decay, decoupled):
-    """One Adam step (Kingma & Ba 2015, Algorithm 1), in place; step is t = 1, 2, ... of the run.
+def adam_update(param, grad, moment1, moment2, lr, number, beta1, beta2, eps, weight_decay, decoupled):
+    """One Adam step (Kingma & Ba 2015, Algorithm 1), in place, at step number t = 1, 2, ... of the run.
 
     decoupled False (Adam): g = grad + weight_decay * param, the L2 penalty in the gradient.
     decoupled True (AdamW, Loshchilov & Hutter): param *= 1 - lr * weight_decay, and g = grad.
-    m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g^2
+    m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g^2   (m: moment1, v: moment2)
     param -= lr * m_hat / (sqrt(v_hat) + eps), m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t):
     the bias corrections undo the moments' start at zero.
     """
@@ -145,17 +146,18 @@ def adam_update(param, grad, moment1, moment2, lr, step, beta1, beta2, eps, weig
     moment1 += dtype(1 - beta1) * g
     moment2 *= dtype(beta2)
     moment2 += dtype(1 - beta2) * g * g
-    m_hat = moment1 / dtype(1 - beta1 ** step)
-    v_hat = moment2 / dtype(1 - beta2 ** step)
+    m_hat = moment1 / dtype(1 - beta1 ** number)
+    v_hat = moment2 / dtype(1 - beta2 ** number)
     param -= dtype(lr) * m_hat / (np.sqrt(v_hat) + dtype(eps))
 
 
-def update(param, grad, velocity, second, lr, step, hyper):
-    """The update hyper.optimizer names, of one parameter array (velocity and second: its OptimizerState)."""
+def update(param, grad, moment1, moment2, lr, number, hyper):
+    """The update hyper.optimizer names (fastnn.bundles.Hyper), in place, of one parameter array and its
+    optimizer state (moment1, moment2: its OptimizerState), at step `number` (1, 2, ...) with rate lr."""
     if hyper.optimizer == SGD:
-        sgd_update(param, grad, velocity, lr, hyper.momentum, hyper.weight_decay)
+        sgd_update(param, grad, moment1, lr, hyper.momentum, hyper.weight_decay)
     else:
-        adam_update(param, grad, velocity, second, lr, step, hyper.beta1, hyper.beta2, hyper.eps,
+        adam_update(param, grad, moment1, moment2, lr, number, hyper.beta1, hyper.beta2, hyper.eps,
                     hyper.weight_decay, hyper.optimizer == ADAMW)
 
 
@@ -169,7 +171,7 @@ def max_norm(weight, limit):
 
 # ---- dropout --------------------------------------------------------------------------------------
 # The masks come from a counter-based generator: the mask bit of unit j of row b is a hash of
-# (seed, step, layer, b, j), so any backend, any thread, in any order, draws the same bit for it,
+# (seed, step number, layer, b, j), so any backend, any thread, in any order, draws the same bit for it,
 # and nothing is carried from step to step. The hash is Chris Wellons' "lowbias32", a 32-bit
 # integer finaliser with full avalanche; it is computed on uint64 values below 2^32, whose products
 # stay below 2^64 (exact in every backend), then cut back to 32 bits.
@@ -192,22 +194,22 @@ def dropout_threshold(rate):
     return int(round(rate * (1 << 24)))
 
 
-def dropout_keep(rows, units, seed, step, layer, rate):
+def dropout_keep(rows, units, seed, number, layer, rate):
     """keep (rows, units) bool: which units of activation `layer` (acts[layer]: 0 the input) inverted dropout keeps
-    at step `step` of a run seeded `seed`: hash32(row_key(b) ^ j) >> 8 >= dropout_threshold(rate),
-    row_key(b) = hash32(hash32(hash32(hash32(seed) ^ step) ^ layer) ^ b). Seed and step count
+    at step number `number` of a run seeded `seed`: hash32(row_key(b) ^ j) >> 8 >= dropout_threshold(rate),
+    row_key(b) = hash32(hash32(hash32(hash32(seed) ^ number) ^ layer) ^ b). Seed and step number count
     modulo 2^32 (a run of 4e9 steps would see its masks again)."""
     seed_key = hash32(np.uint64(seed) & MASK32)
-    step_key = hash32(hash32(seed_key ^ (np.uint64(step) & MASK32)) ^ np.uint64(layer))
+    step_key = hash32(hash32(seed_key ^ (np.uint64(number) & MASK32)) ^ np.uint64(layer))
     row_keys = hash32(step_key ^ np.arange(rows, dtype=np.uint64))  # (rows,)
     bits = hash32(row_keys[:, None] ^ np.arange(units, dtype=np.uint64))  # (rows, units)
     return (bits >> np.uint64(8)) >= np.uint64(dropout_threshold(rate))
 
 
-def dropout_forward(out, inp, seed, step, layer, rate):
+def dropout_forward(out, inp, seed, number, layer, rate):
     """Inverted dropout: out (B, H) = inp (B, H) * keep / (1 - rate), keep = dropout_keep(...); out may
     be inp. Dividing by the keep probability in training leaves inference with nothing to do."""
-    keep = dropout_keep(*inp.shape, seed, step, layer, rate)  # (B, H)
+    keep = dropout_keep(*inp.shape, seed, number, layer, rate)  # (B, H)
     scale = inp.dtype.type(1 / (1 - rate))
     np.multiply(inp, keep * scale, out=out)  # (B, H); a dropped unit becomes 0 (0 * x, x finite)
 
@@ -235,7 +237,7 @@ def train_step(params, grads, optimizer, buffers, data, indices, lr, number, hyp
     max-norm (if hyper.max_norm).
 
     Returns (mean loss, number of rows whose largest logit is the target), both measured before the
-    update. The bundles are fastnn/step.py's; buffers are views sized to this batch.
+    update. The bundles are fastnn/bundles.py's; buffers are views sized to this batch.
     """
     weights, biases = params
     acts, douts, targets = buffers.acts, buffers.douts, buffers.targets
@@ -258,9 +260,9 @@ def train_step(params, grads, optimizer, buffers, data, indices, lr, number, hyp
             if hyper.dropout:  # a kept unit's output was scaled by 1 / (1 - rate): so is its gradient
                 np.multiply(douts[l - 1], douts[l - 1].dtype.type(1 / (1 - hyper.dropout)), out=douts[l - 1])
     for l in range(L):
-        update(weights[l], grads.weights[l], optimizer.velocity.weights[l], optimizer.second.weights[l], lr,
+        update(weights[l], grads.weights[l], optimizer.moment1.weights[l], optimizer.moment2.weights[l], lr,
                number, hyper)
-        update(biases[l], grads.biases[l], optimizer.velocity.biases[l], optimizer.second.biases[l], lr, number, hyper)
+        update(biases[l], grads.biases[l], optimizer.moment1.biases[l], optimizer.moment2.biases[l], lr, number, hyper)
         if hyper.max_norm:
             max_norm(weights[l], hyper.max_norm)
     return loss, n_correct
@@ -276,7 +278,7 @@ def train_steps(params, grads, optimizer, buffers, data, steps, hyper):
     S = len(steps.lrs)
     losses, n_correct = np.empty(S), np.empty(S, np.int64)
     for s in range(S):
-        # a Python float: a NumPy float64 scalar would make `lr * velocity` a float64 product (NEP 50)
+        # a Python float: a NumPy float64 scalar would make `lr * moment1` a float64 product (NEP 50)
         lr, number = float(steps.lrs[s]), int(steps.numbers[s])
         losses[s], n_correct[s] = train_step(params, grads, optimizer, buffers, data, steps.indices[s], lr, number,
                                              hyper)

@@ -12,7 +12,6 @@ A run stopped early (Ctrl-C, a crash, a killed process) is finished by running t
 --resume OUT/weights.npz added: the weights come out bitwise as if it had never stopped.
 """
 import argparse
-import inspect
 import sys
 import tempfile
 import time
@@ -20,87 +19,23 @@ from pathlib import Path
 
 from fastnn import checkpoint
 from fastnn.backends import get_backend
-from fastnn.cli import add_common_args, check_classes, friendly_errors
+from fastnn.cli import add_common_args, add_setting_flag, check_classes, friendly_errors
 from fastnn.data import load_dataset
 from fastnn.fileio import FastnnError
 from fastnn.model import MLP
-from fastnn.step import OPTIMIZERS
-from fastnn.training import SCHEDULES
-
-# What each preset sets; the rest keeps MLP's defaults (plain SGD, no dropout, no max-norm, no early
-# stopping). Flags given on the command line override the chosen preset.
-PRESETS = {
-    "default": dict(
-        hidden=(512, 256),  # two layers: ~0.3 points above one of 256 (98.44% vs 98.18% measured)
-        epochs=15,
-        batch_size=128,
-        lr=0.1,  # peak rate; the cosine schedule brings it to 0 by the last step
-        momentum=0.9,
-        weight_decay=5e-4,  # a little L2 keeps the test accuracy from sagging late in the run
-        schedule="cosine",
-        validation_fraction=0.0,
-        seed=42,
-        dtype="float32",
-    ),
-    "best": dict(  # after Srivastava et al.'s dropout MLPs, with Adam to fit 10 minutes on 2 cores
-        hidden=(1024, 1024),
-        epochs=60,
-        batch_size=128,
-        optimizer="adam",
-        lr=1e-3,  # peak rate; the cosine schedule brings it to 0 by the last step
-        weight_decay=0.0,  # dropout and max-norm regularise instead
-        dropout=0.4,
-        input_dropout=0.2,
-        max_norm=3.0,
-        schedule="cosine",
-        seed=42,
-        dtype="float32",
-    ),
-    "seed": dict(  # the original program this project grew from (it reached 93.82% test accuracy)
-        hidden=(128,), epochs=10, batch_size=64, lr=0.01, momentum=0.0, weight_decay=0.0,
-        schedule="constant", validation_fraction=0.0, seed=42, dtype="float32",
-    ),
-}
-
-
-def parse_hidden(text):
-    """'512,256' -> (512, 256)."""
-    try:
-        sizes = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 128 or 512,256, got {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"hidden sizes must be positive, got {text!r}")
-    return sizes
-
+from fastnn.settings import PRESETS, SETTINGS
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m fastnn.train", description=__doc__.splitlines()[0])
     add_common_args(parser)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                        help="starting values for everything below (default: default)")
-    parser.add_argument("--hidden", type=parse_hidden, help="hidden layer sizes, e.g. 128 or 512,256")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--optimizer", choices=list(OPTIMIZERS),
-                        help="sgd (with --momentum), adam, or adamw (Adam with decoupled weight decay)")
-    parser.add_argument("--lr", type=float, help="learning rate (peak rate with --schedule cosine)")
-    parser.add_argument("--momentum", type=float, help="SGD's momentum")
-    parser.add_argument("--weight-decay", type=float, help="L2 penalty (sgd, adam) or decoupled decay (adamw)")
-    parser.add_argument("--beta1", type=float, help="Adam's first-moment decay (default 0.9)")
-    parser.add_argument("--beta2", type=float, help="Adam's second-moment decay (default 0.999)")
-    parser.add_argument("--eps", type=float, help="Adam's epsilon (default 1e-8)")
-    parser.add_argument("--dropout", type=float, metavar="RATE", help="dropout rate on the hidden layers (0: none)")
-    parser.add_argument("--input-dropout", type=float, metavar="RATE", help="dropout rate on the input pixels (0: none)")
-    parser.add_argument("--max-norm", type=float, metavar="NORM",
-                        help="largest L2 norm of each unit's incoming weights (0: no limit)")
-    parser.add_argument("--schedule", choices=SCHEDULES)
-    parser.add_argument("--validation", type=float, dest="validation_fraction", metavar="FRACTION",
-                        help="hold out this share of the training set and report its accuracy")
-    parser.add_argument("--early-stopping", type=int, metavar="EPOCHS",
-                        help="stop after this many epochs without a better validation accuracy and keep the "
-                             "best weights (needs --validation; 0: off)")
-    parser.add_argument("--seed", type=int)
+                        help="starting values for every setting; the flags below override them (default: default)")
+    for name, setting in SETTINGS.items():
+        if name not in ("backend", "dtype"):  # add_common_args' own
+            values = {preset: setting.show(PRESETS[preset][name]) for preset in PRESETS}
+            default_text = (f"every preset: {values['default']}" if len(set(values.values())) == 1 else
+                            "presets: " + ", ".join(f"{preset} {value}" for preset, value in values.items()))
+            add_setting_flag(parser, name, default_text=default_text)
     parser.add_argument("--limit", type=int, metavar="N", help="train on the first N training images only")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: runs/<timestamp>/)")
     parser.add_argument("--resume", metavar="FILE", help="continue training from a saved weights.npz")
@@ -111,13 +46,9 @@ def build_parser():
 
 
 def resolve_config(args):
-    """MLP's defaults, overridden by the preset's values, then by every flag given."""
-    defaults = {name: p.default for name, p in inspect.signature(MLP).parameters.items() if name != "backend"}
-    config = {**defaults, **PRESETS[args.preset]}
-    for key in config:
-        if getattr(args, key, None) is not None:
-            config[key] = getattr(args, key)
-    return config
+    """Every setting: the preset's value (fastnn.settings.PRESETS), unless a flag gives another."""
+    return {name: value if (value := getattr(args, name)) is not None else preset_value
+            for name, preset_value in PRESETS[args.preset].items()}
 
 
 def check_out_folder(out):
@@ -159,7 +90,6 @@ def main(argv=None):
     out = Path(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
 
     params = {k: v for k, v in config.items() if k != "hidden"}
-    params["backend"] = args.backend
     if args.resume:  # the epochs, and the run state if the run was interrupted, are saved beside it
         model = MLP.load(args.resume, **params)
         config["hidden"] = model.hidden
@@ -170,14 +100,14 @@ def main(argv=None):
     check_out_folder(out)
 
     print(f"fastnn | {args.dataset} {len(X)} train / {len(data.test_images)} test | backend {args.backend} | "
-          + " ".join(f"{k}={v}" for k, v in config.items()), flush=True)
+          + " ".join(f"{k}={v}" for k, v in config.items() if k != "backend"), flush=True)
     if args.resume:
         print(resume_line(args.resume, model, config["epochs"]), flush=True)
     notice = getattr(get_backend(args.backend), "compile_notice", lambda: None)()
     if notice:
         print(notice, flush=True)
 
-    run_config = {**config, "backend": args.backend, "dataset": args.dataset, "limit": args.limit,
+    run_config = {**config, "dataset": args.dataset, "limit": args.limit,
                   "resumed_from": args.resume}
     last_epoch = None
 

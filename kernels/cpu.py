@@ -24,7 +24,7 @@ How train_steps computes a step:
   the weight gradient that sums over the batch.
 - The last layer (the K classes) and the loss run per block of TILE_ROWS samples.
 - Dropout happens in the epilogues of the kernels that produce an activation (the gathered pixels,
-  each hidden layer's ReLU), its mask bits hashed from (seed, step, layer, row, unit) as
+  each hidden layer's ReLU), its mask bits hashed from (seed, step number, layer, row, unit) as
   fastnn.ops.dropout_keep draws them; the updates (SGD or Adam, chosen once per block) follow each
   weight gradient, in contiguous chunks; max-norm, when on, is one more region per layer after them.
 A step is about 3L parallel regions for L layers, each a loop over fixed-size blocks of its outputs.
@@ -58,7 +58,8 @@ from numba.core.registry import CPUDispatcher
 from numba.extending import intrinsic
 from numba.np.ufunc.parallel import _iget_num_threads
 
-from fastnn.step import ADAM, ADAMW, SGD, Steps
+from fastnn.bundles import Steps
+from fastnn.settings import ADAMW, SGD
 
 # ---- tunables ----------------------------------------------------------------------------------
 # They live here, beside the kernels that read them, on purpose: numba freezes a global's value into
@@ -95,7 +96,7 @@ PIXEL_BLOCK = 16
 # step, listed / CSR: 1.24-1.50 at 128 units, 1.05-1.10 at 256, 0.88-0.93 at 512, 0.73-0.89 at 1024).
 SPARSE_DENSITY = 0.5
 LISTED_FROM_UNITS = 512
-# Elements per parallel task of sgd_update; a smaller array (a bias) is one task, updated serially,
+# Elements per parallel task of an update (_update_flat); a smaller array (a bias) is one task, updated serially,
 # since waking the thread pool costs more than the work.
 SGD_CHUNK = 16384
 # Constant arguments to the kernels' callees. numba compiles a callee anew for each literal it is
@@ -144,7 +145,7 @@ def _cdiv(n, d):
 
 # ---- the training set ---------------------------------------------------------------------------
 class CsrData(NamedTuple):
-    """The training set as this backend keeps it: fastnn.step.Data's fields and, when the images are
+    """The training set as this backend keeps it: fastnn.bundles.Data's fields and, when the images are
     sparse, their non-zeros in compressed sparse row (CSR) form."""
     images: np.ndarray  # (N, C) uint8 or float
     labels: np.ndarray  # (N,) int64
@@ -538,108 +539,106 @@ def _transpose(out, inp):
 
 
 # ---- the optimizers -------------------------------------------------------------------------------
-# An update's scalars travel as one tuple, `coef` (_update_coefs), in the parameters' dtype: float64
-# scalars would make float32 math float64. The branch on the optimizer is taken once per block of
-# elements, outside the loops, so that each loop vectorises with one formula.
+class UpdateCoefs(NamedTuple):
+    """An update's scalars for one step, in the parameters' dtype: float64 scalars would make float32
+    math float64. Made once per step by _update_coefs and passed as an argument into the parallel
+    kernels: numba rebuilds a NamedTuple argument inside a parallel loop by its class, but not one a
+    callee returned in the same function."""
+    optimizer: int  # fastnn.settings.SGD, ADAM or ADAMW
+    lr: float
+    momentum: float
+    decay: float  # the L2 penalty in the gradient (SGD, Adam); 0 for AdamW
+    shrink: float  # AdamW's decoupled decay factor 1 - lr * weight_decay; 1 otherwise
+    beta1: float
+    rest1: float  # 1 - beta1
+    beta2: float
+    rest2: float  # 1 - beta2
+    eps: float
+    step_size: float  # Adam's lr / (1 - beta1^t)
+    inv_sqrt_bc2: float  # Adam's 1 / sqrt(1 - beta2^t)
+
+
 @njit(cache=True)
-def _coefs(weight, lr, t, optimizer, momentum, weight_decay, beta1, beta2, eps):
-    """(optimizer, lr, momentum, L2 decay, decoupled shrink, beta1, 1 - beta1, beta2, 1 - beta2, eps,
-    Adam's step size, 1 / sqrt(its second bias correction)) for step t = 1, 2, ..."""
-    real = weight.dtype.type
-    decoupled = optimizer == ADAMW
-    decay = 0.0 if decoupled else weight_decay
-    shrink = 1 - lr * weight_decay if decoupled else 1.0
+def _update_coefs(dtype, lr, number, hyper):
+    """The UpdateCoefs of step `number` (t = 1, 2, ...) at rate lr under hyper (fastnn.bundles.Hyper),
+    in dtype (a NumPy scalar type)."""
+    decoupled = hyper.optimizer == ADAMW
+    decay = 0.0 if decoupled else hyper.weight_decay
+    shrink = 1 - lr * hyper.weight_decay if decoupled else 1.0
     # Adam's bias corrections, folded into two scalars in float64 once per step: the elements then
     # need one division and one square root, as in PyTorch's Adam
-    step_size = lr / (1 - beta1 ** t)
-    inv_sqrt_bc2 = 1 / np.sqrt(1 - beta2 ** t)
-    return (optimizer, real(lr), real(momentum), real(decay), real(shrink), real(beta1), real(1 - beta1), real(beta2),
-            real(1 - beta2), real(eps), real(step_size), real(inv_sqrt_bc2))
-
-
-@njit(cache=True)
-def _update_coefs(weight, lr, number, hyper):
-    """_coefs for step `number` under hyper (fastnn.step.Hyper)."""
-    return _coefs(weight, lr, number, hyper.optimizer, hyper.momentum, hyper.weight_decay, hyper.beta1, hyper.beta2,
-                  hyper.eps)
+    step_size = lr / (1 - hyper.beta1 ** number)
+    inv_sqrt_bc2 = 1 / np.sqrt(1 - hyper.beta2 ** number)
+    return UpdateCoefs(hyper.optimizer, dtype(lr), dtype(hyper.momentum), dtype(decay), dtype(shrink),
+                       dtype(hyper.beta1), dtype(1 - hyper.beta1), dtype(hyper.beta2), dtype(1 - hyper.beta2),
+                       dtype(hyper.eps), dtype(step_size), dtype(inv_sqrt_bc2))
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _sgd_step(param, grad, velocity, coef):
-    """One element's SGD step (fastnn.ops.sgd_update): returns its new (param, velocity)."""
-    rate, mom, decay = coef[1], coef[2], coef[3]
-    if decay != 0:  # as the reference: no 0 * param term, so an inf weight stays inf
-        grad += decay * param
-    velocity = mom * velocity + grad
-    return param - rate * velocity, velocity
+def _sgd_step(param, grad, m1, coef):
+    """One element's SGD step (fastnn.ops.sgd_update; m1: its momentum buffer): returns (param, m1)."""
+    if coef.decay != 0:  # as the reference: no 0 * param term, so an inf weight stays inf
+        grad += coef.decay * param
+    m1 = coef.momentum * m1 + grad
+    return param - coef.lr * m1, m1
 
 
 # error_model="numpy": a float division by zero gives inf as in NumPy, instead of numba's default
 # check and ZeroDivisionError, a branch in every element that keeps LLVM from vectorising the loop
 # (measured on a 784 x 128 weight, float32: 409 us -> 96 us; SGD's update: 33 us)
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _adam_step(param, grad, m, v, coef):
-    """One element's Adam or AdamW step (fastnn.ops.adam_update): returns its new (param, m, v)."""
-    decay, shrink, beta1, c1, beta2, c2, eps, step_size, inv_sqrt_bc2 = coef[3:]
-    if decay != 0:
-        grad += decay * param
-    m = beta1 * m + c1 * grad
-    v = beta2 * v + c2 * grad * grad
-    return param * shrink - step_size * m / (np.sqrt(v) * inv_sqrt_bc2 + eps), m, v
+def _adam_step(param, grad, m1, m2, coef):
+    """One element's Adam or AdamW step (fastnn.ops.adam_update; m1, m2: its moments): returns (param, m1, m2)."""
+    if coef.decay != 0:
+        grad += coef.decay * param
+    m1 = coef.beta1 * m1 + coef.rest1 * grad
+    m2 = coef.beta2 * m2 + coef.rest2 * grad * grad
+    return param * coef.shrink - coef.step_size * m1 / (np.sqrt(m2) * coef.inv_sqrt_bc2 + coef.eps), m1, m2
 
 
+# The branch on the optimizer is taken once per span or block of elements, outside the loops, so that
+# each loop vectorises with one formula.
 @njit(fastmath=FASTMATH, cache=True)
-def _update_span(param, grad, m, v, coef):
-    """The update of 1-D arrays (a chunk, a bias), serially; m, v: the optimizer's state for them."""
-    if coef[0] == SGD:
+def _update_span(param, grad, m1, m2, coef):
+    """The update of 1-D arrays (a chunk, a bias), serially; m1, m2: the optimizer's state for them."""
+    if coef.optimizer == SGD:
         for i in range(param.size):
-            param[i], m[i] = _sgd_step(param[i], grad[i], m[i], coef)
+            param[i], m1[i] = _sgd_step(param[i], grad[i], m1[i], coef)
     else:
         for i in range(param.size):
-            param[i], m[i], v[i] = _adam_step(param[i], grad[i], m[i], v[i], coef)
+            param[i], m1[i], m2[i] = _adam_step(param[i], grad[i], m1[i], m2[i], coef)
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _update_block(weight, dweight, m, v, c0, c1, j0, j1, coef):
+def _update_block(weight, dweight, m1, m2, c0, c1, j0, j1, coef):
     """The update of the block [c0:c1, j0:j1] of 2-D arrays, in place."""
-    if coef[0] == SGD:
+    if coef.optimizer == SGD:
         for c in range(c0, c1):
             for j in range(uint64(j0), uint64(j1)):
-                weight[c, j], m[c, j] = _sgd_step(weight[c, j], dweight[c, j], m[c, j], coef)
+                weight[c, j], m1[c, j] = _sgd_step(weight[c, j], dweight[c, j], m1[c, j], coef)
     else:
         for c in range(c0, c1):
             for j in range(uint64(j0), uint64(j1)):
-                weight[c, j], m[c, j], v[c, j] = _adam_step(weight[c, j], dweight[c, j], m[c, j], v[c, j], coef)
+                weight[c, j], m1[c, j], m2[c, j] = _adam_step(weight[c, j], dweight[c, j], m1[c, j], m2[c, j], coef)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _update_flat(param, grad, m, v, coef):
+def _update_flat(param, grad, m1, m2, coef):
     """The update of arrays of any shape, C-contiguous, SGD_CHUNK elements per parallel task."""
     param_flat, grad_flat = param.reshape(param.size), grad.reshape(grad.size)  # views, no copies
-    m_flat, v_flat = m.reshape(m.size), v.reshape(v.size)
-    # prange over chunks of SGD_CHUNK elements: iteration i owns its chunk of param, m and v
+    m1_flat, m2_flat = m1.reshape(m1.size), m2.reshape(m2.size)
+    # prange over chunks of SGD_CHUNK elements: iteration i owns its chunk of param, m1 and m2
     for task in prange(_cdiv(param_flat.size, SGD_CHUNK)):
         i = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
         chunk = slice(i * SGD_CHUNK, (i + 1) * SGD_CHUNK)
-        _update_span(param_flat[chunk], grad_flat[chunk], m_flat[chunk], v_flat[chunk], coef)
+        _update_span(param_flat[chunk], grad_flat[chunk], m1_flat[chunk], m2_flat[chunk], coef)
 
 
 @njit(cache=True)
-def sgd_update(param, grad, velocity, lr, momentum, weight_decay):
-    """One SGD step with optional momentum and L2 weight decay, in place (PyTorch's formulation).
-
-    g = grad + weight_decay * param;  velocity = momentum * velocity + g;  param -= lr * velocity
-    param, grad, velocity: any shape, C-contiguous.
-    """
-    # velocity stands in for the unused second moment
-    _update_flat(param, grad, velocity, velocity, _coefs(param, lr, 1, SGD, momentum, weight_decay, 0.9, 0.999, 1e-8))
-
-
-@njit(cache=True)
-def adam_update(param, grad, moment1, moment2, lr, step, beta1, beta2, eps, weight_decay, decoupled):
-    """One Adam step (AdamW if decoupled), in place: fastnn.ops.adam_update. Any shape, C-contiguous."""
-    optimizer = ADAMW if decoupled else ADAM
-    _update_flat(param, grad, moment1, moment2, _coefs(param, lr, step, optimizer, 0.0, weight_decay, beta1, beta2, eps))
+def update(param, grad, moment1, moment2, lr, number, hyper):
+    """fastnn.ops.update: the update hyper.optimizer names, in place, at step `number` with rate lr.
+    param, grad, moment1, moment2: any shape, C-contiguous."""
+    _update_flat(param, grad, moment1, moment2, _update_coefs(param.dtype.type, lr, number, hyper))
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -700,11 +699,11 @@ def _hash32(x):
 
 
 @njit(cache=True)
-def _dropout_key(seed, step, layer, rate, dtype):
-    """(step key, threshold, keep scale) of fastnn.ops.dropout_keep for a layer at a step; threshold 0
-    (rate 0) keeps every unit."""
+def _dropout_key(seed, number, layer, rate, dtype):
+    """(step key, threshold, keep scale) of fastnn.ops.dropout_keep for a layer at step number `number`;
+    threshold 0 (rate 0) keeps every unit."""
     seed_key = _hash32(uint64(seed) & MASK32)
-    key = _hash32(_hash32(seed_key ^ (uint64(step) & MASK32)) ^ uint64(layer))
+    key = _hash32(_hash32(seed_key ^ (uint64(number) & MASK32)) ^ uint64(layer))
     return key, uint64(round(rate * 16777216.0)), dtype(1 / (1 - rate))
 
 
@@ -744,9 +743,9 @@ def _dropout_rows(out, inp, drop):
 
 
 @njit(cache=True)
-def dropout_forward(out, inp, seed, step, layer, rate):
+def dropout_forward(out, inp, seed, number, layer, rate):
     """Inverted dropout: out (B, H) = inp * keep / (1 - rate), the masks of fastnn.ops.dropout_keep."""
-    _dropout_rows(out, inp, _dropout_key(seed, step, layer, rate, out.dtype.type))
+    _dropout_rows(out, inp, _dropout_key(seed, number, layer, rate, out.dtype.type))
 
 
 # ---- the ops of fastnn/ops.py ---------------------------------------------------------------------
@@ -1105,7 +1104,7 @@ def _sparse_forward(out, out_t, targets, block_start, data, indices, weight, bia
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _sparse_update(params, grads, optimizer, data, block_start, dout, lr, number, hyper, drop_in):
+def _sparse_update(params, grads, optimizer, data, block_start, dout, coef, drop_in):
     """The first layer's dweight = images[indices].T @ dout over the non-zeros, then the update, row by row.
 
     Each task takes PIXEL_BLOCK rows and the batch's samples in order, so each row's sum runs in the
@@ -1114,23 +1113,23 @@ def _sparse_update(params, grads, optimizer, data, block_start, dout, lr, number
     A row no image of the batch touches has a zero gradient:
     plain SGD leaves it alone; momentum, weight decay and Adam still move it.
     """
-    weight, dweight, m, v = params.weights[0], grads.weights[0], optimizer.velocity.weights[0], optimizer.second.weights[0]
-    bias, dbias, m_b, v_b = params.biases[0], grads.biases[0], optimizer.velocity.biases[0], optimizer.second.biases[0]
+    moment1, moment2 = optimizer
+    weight, dweight, m1, m2 = params.weights[0], grads.weights[0], moment1.weights[0], moment2.weights[0]
+    bias, dbias, m1_b, m2_b = params.biases[0], grads.biases[0], moment1.biases[0], moment2.biases[0]
     columns, values, scale = data.columns, data.values, data.scale
-    coef = _update_coefs(weight, lr, number, hyper)
     C, OC = weight.shape
-    # prange over blocks of PIXEL_BLOCK rows: iteration owns those rows of dweight, weight, m, v
+    # prange over blocks of PIXEL_BLOCK rows: iteration owns those rows of dweight, weight, m1, m2
     # (and the first block the bias)
     for task in prange(_cdiv(C, PIXEL_BLOCK)):
         block = np.int64(task)  # the parallel loop's index is unsigned: numba would type the body twice
-        _sparse_update_rows(block, weight, dweight, m, v, columns, values, scale, block_start, dout, coef, drop_in)
+        _sparse_update_rows(block, weight, dweight, m1, m2, columns, values, scale, block_start, dout, coef, drop_in)
         if block == 0:
             _column_sums(dbias, dout, ZERO, OC)
-            _update_span(bias, dbias, m_b, v_b, coef)
+            _update_span(bias, dbias, m1_b, m2_b, coef)
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _sparse_update_rows(block, weight, dweight, m, v, columns, values, scale, block_start, dout, coef, drop_in):
+def _sparse_update_rows(block, weight, dweight, m1, m2, columns, values, scale, block_start, dout, coef, drop_in):
     """Rows block * PIXEL_BLOCK and on of _sparse_update."""
     (C, OC), dtype = weight.shape, weight.dtype.type
     k0, k1 = block * PIXEL_BLOCK, min(block * PIXEL_BLOCK + PIXEL_BLOCK, C)
@@ -1149,16 +1148,17 @@ def _sparse_update_rows(block, weight, dweight, m, v, columns, values, scale, bl
                 touched |= bit
     for k in range(k0, k1):
         if not touched & (np.int64(1) << (k - k0)):
-            if coef[0] == SGD and coef[2] == 0 and coef[3] == 0:  # plain SGD: a zero gradient changes nothing
+            # plain SGD: a zero gradient changes nothing
+            if coef.optimizer == SGD and coef.momentum == 0 and coef.decay == 0:
                 continue
             for j in range(OC):
                 dweight[k, j] = 0
-        _update_block(weight, dweight, m, v, k, k + 1, ZERO, OC, coef)
+        _update_block(weight, dweight, m1, m2, k, k + 1, ZERO, OC, coef)
 
 
 # ---- dense layers and the last layer in a training step --------------------------------------------
 @njit(fastmath=FASTMATH, cache=True, inline="always")
-def _dense_update(l, params, grads, optimizer, inp_t, dout, lr, number, hyper, packs, terms, term_starts, packed):
+def _dense_update(l, params, grads, optimizer, inp_t, dout, coef, packs, terms, term_starts, packed):
     """Dense layer l: dweight = inp_t (C, B) @ dout (B, OC) and dbias, then the update of the weight,
     the bias and the optimizer's state.
 
@@ -1167,12 +1167,12 @@ def _dense_update(l, params, grads, optimizer, inp_t, dout, lr, number, hyper, p
     interleaved column panels of the same rows (the L2 prefetchers' streams cross into the other
     core's lines); in contiguous chunks, as here, it takes ~14 us.
     """
-    weight, dweight, m, v = params.weights[l], grads.weights[l], optimizer.velocity.weights[l], optimizer.second.weights[l]
-    bias, dbias, m_b, v_b = params.biases[l], grads.biases[l], optimizer.velocity.biases[l], optimizer.second.biases[l]
-    coef = _update_coefs(weight, lr, number, hyper)
+    moment1, moment2 = optimizer
+    weight, dweight, m1, m2 = params.weights[l], grads.weights[l], moment1.weights[l], moment2.weights[l]
+    bias, dbias, m1_b, m2_b = params.biases[l], grads.biases[l], moment1.biases[l], moment2.biases[l]
     _dense_dweight(dweight, dbias, inp_t, dout, packs, terms, term_starts, packed)  # (C, OC), (OC,)
-    _update_flat(weight, dweight, m, v, coef)
-    _update_span(bias, dbias, m_b, v_b, coef)
+    _update_flat(weight, dweight, m1, m2, coef)
+    _update_span(bias, dbias, m1_b, m2_b, coef)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -1269,7 +1269,7 @@ def _train_steps(params, grads, optimizer, buffers, data, steps, hyper, csr_rows
         sizes[l + 1] = weights[l].shape[1]
     # the kernels index the scratch without bounds checks: refuse one too small before it is written
     if scratch.size < scratch_size(sizes, B):
-        raise ValueError("buffers.scratch is smaller than scratch_size(): allocate the buffers with fastnn.step")
+        raise ValueError("buffers.scratch is smaller than scratch_size(): allocate the buffers with fastnn.bundles")
     losses, correct, block_start, _ = _step_parts(scratch, weights, B)
     rows = B if L > 1 else 0  # the gradient into the last hidden layer: none for a single layer
     keep_scale = dtype(1 / (1 - hyper.dropout))  # a kept unit's output and gradient factor
@@ -1294,6 +1294,7 @@ def _train_steps(params, grads, optimizer, buffers, data, steps, hyper, csr_rows
     for s in range(S):
         indices, lr, number = steps.indices[s], steps.lrs[s], steps.numbers[s]
         drop_in = _dropout_key(hyper.dropout_seed, number, ZERO, hyper.input_dropout, dtype)  # acts[0]: the pixels
+        coef = _update_coefs(dtype, lr, number, hyper)
         if csr_rows is not None:
             _sparse_forward(acts[1], _input_t(scratch, weights, B, ONE), targets, block_start, data, indices,
                             weights[0], biases[0], drop_in,
@@ -1321,14 +1322,14 @@ def _train_steps(params, grads, optimizer, buffers, data, steps, hyper, csr_rows
                                       *every_term)  # (B, C_l)
         for l in range(L - 1, 0, -1):  # the updates, last layer first
             terms, term_starts, packed = every_term
-            _dense_update(l, params, grads, optimizer, _input_t(scratch, weights, B, l), douts[l], lr, number,
-                          hyper, packs, terms, term_starts, packed)
+            _dense_update(l, params, grads, optimizer, _input_t(scratch, weights, B, l), douts[l], coef, packs, terms,
+                          term_starts, packed)
         if csr_rows is not None:
-            _sparse_update(params, grads, optimizer, data, block_start, douts[0], lr, number, hyper, drop_in)
+            _sparse_update(params, grads, optimizer, data, block_start, douts[0], coef, drop_in)
         if gathered is not None:
             terms, term_starts, packed = pixel_terms
-            _dense_update(ZERO, params, grads, optimizer, _input_t(scratch, weights, B, ZERO), douts[0], lr, number,
-                          hyper, packs, terms, term_starts, packed)
+            _dense_update(ZERO, params, grads, optimizer, _input_t(scratch, weights, B, ZERO), douts[0], coef, packs,
+                          terms, term_starts, packed)
         if max_norm is not None:
             for l in range(L):
                 _max_norm_columns(weights[l], factors, hyper.max_norm)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fastnn import ops as reference
-from fastnn.step import Layers, he_init
+from fastnn.bundles import Layers, he_init
 
 # Tolerances that fit each dtype's arithmetic (rtol = atol). matmul: sums over up to 784 products,
 # whose order differs between BLAS and a kernel (float32 rounding ~1e-7 per add); softmax: exp and

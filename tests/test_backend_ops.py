@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from fastnn import ops as reference
 from fastnn.backends import MEMORY, OPS
-from fastnn.step import Data
+from fastnn.bundles import Data, Hyper
+from fastnn.settings import ADAM, ADAMW
 from tests.helpers import DTYPES, assert_same, compare_op, nans, network, skip_if_slow, values
 
 # (B, C, OC): tile edges in every dimension; 784 and 263 cut the sums into several DEPTH_BLOCKs
@@ -124,24 +125,20 @@ def test_linear_backward_input(backend, kind, shape, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(10,), (13,), (7, 18), (784, 128), (128, 10)])
-@pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.9, 5e-4)])
-def test_sgd_update(backend, momentum, weight_decay, shape, dtype):
+@pytest.mark.parametrize("lr, number, hyper", [
+    (0.05, 1, Hyper()),  # plain SGD
+    (0.05, 4, Hyper(momentum=0.9)),
+    (0.05, 4, Hyper(momentum=0.9, weight_decay=5e-4)),
+    (1e-3, 1, Hyper(optimizer=ADAM)),
+    (1e-3, 7, Hyper(optimizer=ADAM, weight_decay=5e-4)),
+    (1e-3, 1000, Hyper(optimizer=ADAMW, weight_decay=5e-2)),
+])
+def test_update(backend, lr, number, hyper, shape, dtype):
     skip_if_slow(backend, np.prod(shape))
     rng = np.random.default_rng(6)
-    param, grad, velocity = (values(rng, shape, dtype) for _ in range(3))
-    compare_op(backend, "sgd_update", param, grad, velocity, 0.05, momentum, weight_decay, tol="softmax")
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(10,), (13,), (7, 18), (784, 128), (128, 10)])
-@pytest.mark.parametrize("step, weight_decay, decoupled", [(1, 0.0, False), (7, 5e-4, False), (1000, 5e-2, True)])
-def test_adam_update(backend, step, weight_decay, decoupled, shape, dtype):
-    skip_if_slow(backend, np.prod(shape))
-    rng = np.random.default_rng(8)
     param, grad, moment1 = (values(rng, shape, dtype) for _ in range(3))
     moment2 = values(rng, shape, dtype, "no zeros") ** 2  # a running mean of squares: never negative
-    compare_op(backend, "adam_update", param, grad, moment1, moment2, 1e-3, step, 0.9, 0.999, 1e-8, weight_decay,
-               decoupled, tol="softmax")
+    compare_op(backend, "update", param, grad, moment1, moment2, lr, number, hyper, tol="softmax")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from fastnn import checkpoint
+from fastnn.bundles import Layers, OptimizerState
 from fastnn.fileio import FastnnError
-from fastnn.step import Layers, OptimizerState
 from tests.helpers import arrays as each_array
 
 

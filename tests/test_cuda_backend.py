@@ -14,8 +14,9 @@ import pytest
 
 from fastnn import ops as reference
 from fastnn.backends import get_backend
+from fastnn.bundles import Hyper, Steps, to_host, training_state
 from fastnn.fileio import FastnnError
-from fastnn.step import ADAMW, Hyper, Steps, to_host, training_state
+from fastnn.settings import ADAMW
 from tests.helpers import TOLERANCES, arrays, assert_same, compare_op, nans, network, values
 
 try:
@@ -26,7 +27,7 @@ except FastnnError as e:
 from cuda.pathfinder import DynamicLibNotFoundError  # noqa: E402
 from numba.cuda.cudadrv.error import CudaSupportError  # noqa: E402
 
-from kernels.cuda import memory, ops  # noqa: E402
+from kernels.cuda import memory, op_kernels  # noqa: E402
 from kernels.cuda.device import THREADS  # noqa: E402
 from kernels.cuda.metrics import DeviceScalar, StepLog  # noqa: E402
 
@@ -86,7 +87,7 @@ def test_check_available_turns_a_failed_first_launch_into_one_line(monkeypatch, 
 
 @pytest.mark.parametrize("op", ["softmax", "argmax"])
 def test_row_kernels_write_rows_past_a_capped_grid(monkeypatch, op):
-    monkeypatch.setattr(ops, "MAX_BLOCKS", 1)  # one block of THREADS threads for all the rows
+    monkeypatch.setattr(op_kernels, "MAX_BLOCKS", 1)  # one block of THREADS threads for all the rows
     B, K = THREADS + 45, 3
     logits = np.random.default_rng(4).standard_normal((B, K))
     if op == "softmax":
@@ -95,15 +96,15 @@ def test_row_kernels_write_rows_past_a_capped_grid(monkeypatch, op):
         compare_op(kc, "argmax", np.full(B, -1, np.int64), logits, tol="exact")
 
 
-@pytest.mark.parametrize("op", ["adam_update", "max_norm", "dropout_forward"])
+@pytest.mark.parametrize("op", ["update", "max_norm", "dropout_forward"])
 def test_elementwise_and_column_kernels_write_past_a_capped_grid(monkeypatch, op):
-    monkeypatch.setattr(ops, "MAX_BLOCKS", 1)  # one block of THREADS threads for all the elements or columns
+    monkeypatch.setattr(op_kernels, "MAX_BLOCKS", 1)  # one block of THREADS threads for all the elements or columns
     rng = np.random.default_rng(5)
-    if op == "adam_update":
+    if op == "update":
         n = THREADS + 45
         param, grad, moment1 = (values(rng, n, np.float32) for _ in range(3))
-        compare_op(kc, op, param, grad, moment1, values(rng, n, np.float32, "no zeros") ** 2, 1e-3, 3, 0.9, 0.999,
-                   1e-8, 1e-2, True, tol="softmax")
+        compare_op(kc, op, param, grad, moment1, values(rng, n, np.float32, "no zeros") ** 2, 1e-3, 3,
+                   Hyper(optimizer=ADAMW, weight_decay=1e-2), tol="softmax")
     elif op == "max_norm":
         compare_op(kc, op, values(rng, (3, THREADS + 45), np.float32), 0.5, tol="softmax")
     else:
@@ -131,7 +132,7 @@ def test_train_steps_draw_the_reference_masks_at_the_largest_seed_and_step_numbe
     (want_losses, want), (got_losses, got) = states
     tol = TOLERANCES[dtype]
     assert_same(got_losses, want_losses, tol["softmax"], "losses")
-    for got_layers, want_layers in ((got.params, want.params), (got.optimizer.second, want.optimizer.second)):
+    for got_layers, want_layers in ((got.params, want.params), (got.optimizer.moment2, want.optimizer.moment2)):
         for g, w in zip(arrays(to_host(kc, got_layers)), arrays(want_layers)):
             assert_same(g, w, tol["matmul"])
 

@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).parents[1]
 KERNELS = {"_gather_kernel", "forward_kernel", "backward_kernel", "_relu_kernel", "_relu_backward_kernel",
-           "_softmax_kernel", "_argmax_kernel", "_xent_kernel", "_sgd_kernel", "_adam_kernel", "_max_norm_kernel",
+           "_softmax_kernel", "_argmax_kernel", "_xent_kernel", "_update_kernel", "_max_norm_kernel",
            "_dropout_kernel", "_update_layers_kernel",
            "train_steps_kernel"}  # every kernel the ops of kernels/cuda/ launch (train_steps_kernel: persistent)
 

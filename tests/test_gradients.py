@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from fastnn import ops
-from fastnn.step import SGD, Data, Hyper, Layers, Steps, training_state
+from fastnn.bundles import Data, Hyper, Layers, Steps, training_state
+from fastnn.settings import SGD
 
 EPS = 1e-6  # central differences in float64: truncation ~EPS^2, rounding ~1e-16/EPS, both << 1e-7
 
@@ -110,14 +111,14 @@ def test_softmax_cross_entropy_is_stable_for_huge_logits():
 def test_sgd_update_with_momentum_and_weight_decay_follows_the_formula():
     rng = np.random.default_rng(4)
     param, grad = rng.standard_normal(5), rng.standard_normal(5)
-    velocity = np.zeros(5)
+    moment1 = np.zeros(5)
     expected_p, expected_v = param.copy(), np.zeros(5)
     for _ in range(3):
         expected_v = 0.9 * expected_v + grad + 0.01 * expected_p
         expected_p = expected_p - 0.1 * expected_v
-        ops.sgd_update(param, grad, velocity, 0.1, 0.9, 0.01)
+        ops.sgd_update(param, grad, moment1, 0.1, 0.9, 0.01)
     np.testing.assert_allclose(param, expected_p, rtol=1e-14)
-    np.testing.assert_allclose(velocity, expected_v, rtol=1e-14)
+    np.testing.assert_allclose(moment1, expected_v, rtol=1e-14)
 
 
 def test_gather_batch_scales_uint8_and_picks_labels():
@@ -174,7 +175,7 @@ def test_max_norm_scales_only_the_columns_over_the_limit():
 
 
 def test_dropout_keeps_each_unit_with_probability_one_minus_rate_independently():
-    keep = ops.dropout_keep(1000, 1000, seed=1, step=1, layer=0, rate=0.3)
+    keep = ops.dropout_keep(1000, 1000, seed=1, number=1, layer=0, rate=0.3)
     assert abs(keep.mean() - 0.7) < 0.003  # 1e6 draws: the standard deviation is 0.0005
     assert abs(keep[:, :500].mean() - keep[:, 500:].mean()) < 0.003 and abs(keep[::2].mean() - keep[1::2].mean()) < 0.003
     both = (keep[:, :-1] & keep[:, 1:]).mean()  # neighbours independent: 0.49 kept together

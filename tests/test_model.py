@@ -8,9 +8,9 @@ from fastnn import checkpoint
 from fastnn.backends import CPU_BACKENDS
 from fastnn.fileio import FastnnError
 from fastnn.model import MLP
-from fastnn.train import PRESETS
+from fastnn.settings import PRESETS
 
-SEED_PARAMS = {k: v for k, v in PRESETS["seed"].items() if k != "hidden"}
+SEED_PARAMS = {k: v for k, v in PRESETS["seed"].items() if k not in ("hidden", "backend")}
 
 
 def original_program_steps(X, y, W1, b1, W2, b2, lr, batch):

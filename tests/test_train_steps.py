@@ -16,8 +16,9 @@ import pytest
 
 from fastnn import ops as reference
 from fastnn.backends import get_backend
+from fastnn.bundles import Data, Hyper, Steps, first_rows, to_host, training_state
 from fastnn.fileio import FastnnError
-from fastnn.step import ADAM, ADAMW, Data, Hyper, Steps, first_rows, to_host, training_state
+from fastnn.settings import ADAM, ADAMW
 from tests.helpers import DTYPES, ON_SIMULATOR, TOLERANCES, arrays, assert_same, network, skip_if_slow
 
 HYPER = Hyper(momentum=0.9, weight_decay=1e-4)
@@ -70,8 +71,8 @@ def assert_steps_match(ops, sizes, dtype, batches, train_steps=None, hyper=HYPER
     assert_same(got_losses, want_losses, tol["softmax"], "losses")
     assert got_correct == want_correct
     for name, got_layers, want_layers in (("params", got.params, want.params),
-                                          ("velocity", got.optimizer.velocity, want.optimizer.velocity),
-                                          ("second", got.optimizer.second, want.optimizer.second)):
+                                          ("velocity", got.optimizer.moment1, want.optimizer.moment1),
+                                          ("second", got.optimizer.moment2, want.optimizer.moment2)):
         for g, w in zip(arrays(to_host(ops, got_layers)), arrays(want_layers)):
             assert_same(g, w, tol["matmul"], name)
 

@@ -4,8 +4,8 @@ Dimension letters (fastnn/ops.py's): B = batch rows, C = input features of a lay
 features, K = classes, N = dataset rows.
 
 How the work is cut. Matmul-shaped ops are computed in TILE x TILE output tiles by blocks of
-(TILE, TILE) threads, one thread per output element, and the `*_tiles(..., first, step, ...)`
-functions do tiles first, first + step, ...: the one-kernel-per-op version (kernels/cuda/ops.py) launches
+(TILE, TILE) threads, one thread per output element, and the `*_tiles(..., first, stride, ...)`
+functions do tiles first, first + stride, ...: the one-kernel-per-op version (kernels/cuda/op_kernels.py) launches
 one block per tile and calls them with (blockIdx.x, gridDim.x); the persistent kernel
 (kernels/cuda/persistent.py) has fewer blocks than tiles and the same call loops each block over
 several. Every thread of a block must make the same tile calls: they hold syncthreads. Elementwise
@@ -14,21 +14,22 @@ row-wise ones give each thread whole rows: with K = 10 classes a row is 10 numbe
 out among the 32 threads of a warp.
 
 A training step's settings reach the kernels as one DeviceHyper (device_hyper makes it from a
-fastnn.step.Hyper). Dropout rides in the epilogues of the ops before and after it: the gather drops
+fastnn.bundles.Hyper). Dropout rides in the epilogues of the ops before and after it: the gather drops
 pixels as it stores them, a hidden layer's forward tile drops and scales its outputs as it stores
 them, and the backward tile scales the input gradient it stores, so dropout costs no pass of its
-own. Its masks are hashes of (seed, step, activation, row, unit), the reference's counter-based
+own. Its masks are hashes of (seed, step number, activation, row, unit), the reference's counter-based
 generator, so every thread draws the bit of its own element, in any order.
 """
 import functools
 import math
-from typing import NamedTuple
+from collections import namedtuple
 
 import numpy as np
 from numba import cuda
 
+from fastnn.bundles import Hyper
 from fastnn.ops import MASK32, dropout_threshold
-from fastnn.step import ADAMW, SGD
+from fastnn.settings import ADAMW, SGD
 
 TILE = 16  # tiles of 16 x 16 outputs: 256 threads per block; the two shared tiles take 2.1 KiB (float32)
 THREADS = TILE * TILE  # threads per block in every kernel; a power of two, as the tree reductions need
@@ -43,35 +44,23 @@ def n_tiles(shape):
     return -(-rows // TILE) * -(-cols // TILE)
 
 
-class DeviceHyper(NamedTuple):
-    """fastnn.step.Hyper as the kernels take it: one numba type per field, whatever Python or NumPy numbers
-    the Hyper holds (so one compiled kernel serves every setting), and the dropout threshold.
+# fastnn.bundles.Hyper as the kernels take it, field by field, and the two dropout thresholds.
+DeviceHyper = namedtuple("DeviceHyper", Hyper._fields + ("dropout_threshold", "input_threshold"))
+
+
+def device_hyper(hyper):
+    """The DeviceHyper of a fastnn.bundles.Hyper: every field of the type of its default (int, float,
+    bool), whatever Python or NumPy number the Hyper holds, so that one compiled kernel serves every
+    setting; the dropout seed and thresholds as uint64, the hash's type.
 
     The floats stay float64, the reference's Python floats: a kernel rounds each to the parameters' dtype
     where the reference does, after the float64 arithmetic the reference does first (1 - beta1,
     1 - lr * weight_decay, 1 / (1 - dropout)).
     """
-    optimizer: int  # fastnn.step.SGD, ADAM or ADAMW
-    momentum: float
-    weight_decay: float
-    beta1: float
-    beta2: float
-    eps: float
-    dropout: float  # the hidden layers' rate; 0: no dropout
-    dropout_threshold: np.uint64  # fastnn.ops.dropout_threshold(dropout): Python's rounding, on the host
-    input_dropout: float  # the pixels' rate; 0: no dropout
-    input_threshold: np.uint64  # fastnn.ops.dropout_threshold(input_dropout)
-    dropout_seed: np.uint64
-    max_norm: float  # 0: no limit
-
-
-def device_hyper(hyper):
-    """The DeviceHyper of a fastnn.step.Hyper."""
-    return DeviceHyper(int(hyper.optimizer), float(hyper.momentum), float(hyper.weight_decay), float(hyper.beta1),
-                       float(hyper.beta2), float(hyper.eps), float(hyper.dropout),
-                       np.uint64(dropout_threshold(hyper.dropout)), float(hyper.input_dropout),
-                       np.uint64(dropout_threshold(hyper.input_dropout)), np.uint64(hyper.dropout_seed),
-                       float(hyper.max_norm))
+    fields = {name: type(default)(getattr(hyper, name)) for name, default in Hyper._field_defaults.items()}
+    fields["dropout_seed"] = np.uint64(hyper.dropout_seed)
+    return DeviceHyper(**fields, dropout_threshold=np.uint64(dropout_threshold(hyper.dropout)),
+                       input_threshold=np.uint64(dropout_threshold(hyper.input_dropout)))
 
 
 @functools.cache
@@ -155,7 +144,7 @@ def hash32(x):
 def dropout_key(seed, number, layer):
     """The key of the masks of activation `layer` (acts[layer]: 0 the pixels, 1.. the hidden layers' outputs)
     at step `number` of a run seeded `seed` (uint64): fastnn.ops.dropout_keep's
-    hash32(hash32(hash32(seed) ^ step) ^ layer), seed and step modulo 2^32."""
+    hash32(hash32(hash32(seed) ^ number) ^ layer), seed and number modulo 2^32."""
     seed_key = hash32(seed & MASK32)
     return hash32(hash32(seed_key ^ (np.uint64(number) & MASK32)) ^ np.uint64(layer))
 
@@ -175,30 +164,30 @@ def dropout_scale(rate, out):
 
 
 @cuda.jit(device=True)
-def dropout_elements(out, inp, hyper, number, layer, first, step):
+def dropout_elements(out, inp, hyper, number, layer, first, stride):
     """out (B, H) = inverted dropout of inp (B, H) (fastnn.ops.dropout_forward with rate hyper.dropout, seed
-    hyper.dropout_seed, step `number`, activation `layer`); out may be inp. Elements first, first + step, ..."""
+    hyper.dropout_seed, step `number`, activation `layer`); out may be inp. Elements first, first + stride, ..."""
     key, scale = dropout_key(hyper.dropout_seed, number, layer), dropout_scale(hyper.dropout, out)
     zero = out.dtype.type(0)
     H = inp.shape[1]
-    for e in range(first, inp.size, step):  # consecutive threads take consecutive units of a row: coalesced
+    for e in range(first, inp.size, stride):  # consecutive threads take consecutive units of a row: coalesced
         b, j = e // H, e % H
         # a dropped unit is x * 0, as in the reference (0 for a finite x)
         out[b, j] = inp[b, j] * (scale if dropout_keeps(key, hyper.dropout_threshold, b, j) else zero)
 
 
 @cuda.jit(device=True)
-def linear_forward_tiles(out, inp, weight, bias, relu, hyper, number, layer, first, step, sa, sb):
+def linear_forward_tiles(out, inp, weight, bias, relu, hyper, number, layer, first, stride, sa, sb):
     """out (B, OC) = inp (B, C) @ weight (C, OC) + bias (OC), then max(., 0) if relu, then, if relu and
     hyper.dropout, inverted dropout with dropout_elements' masks for step `number`; out is activation
     `layer` (acts[layer]).
 
-    Tiles first, first + step, ... of out; bias, ReLU and dropout are applied in registers, before the store.
+    Tiles first, first + stride, ... of out; bias, ReLU and dropout are applied in registers, before the store.
     """
     zero = out.dtype.type(0)
     dropout = relu and hyper.dropout != 0
     key, scale = dropout_key(hyper.dropout_seed, number, layer), dropout_scale(hyper.dropout, out)
-    for tile in range(first, _tile_count(out), step):
+    for tile in range(first, _tile_count(out), stride):
         row0, col0 = _tile_origin(out, tile)
         acc, _ = _matmul_tile(inp, False, weight, False, row0, col0, inp.shape[1], False, sa, sb)
         r, c = row0 + cuda.threadIdx.y, col0 + cuda.threadIdx.x
@@ -212,8 +201,8 @@ def linear_forward_tiles(out, inp, weight, bias, relu, hyper, number, layer, fir
 
 
 @cuda.jit(device=True)
-def linear_backward_tiles(dweight, dbias, dinp, dout, inp, weight, input_grad, hyper, first, step, sa, sb):
-    """The three gradients of one layer, tiles first, first + step, ... of their concatenation.
+def linear_backward_tiles(dweight, dbias, dinp, dout, inp, weight, input_grad, hyper, first, stride, sa, sb):
+    """The three gradients of one layer, tiles first, first + stride, ... of their concatenation.
 
     dweight (C, OC) = inp (B, C).T @ dout (B, OC), then, if input_grad, dinp (B, C) = (dout @ weight
     (C, OC).T) * (inp > 0) / (1 - hyper.dropout); dbias (OC) = dout summed over B is written by the first
@@ -225,7 +214,7 @@ def linear_backward_tiles(dweight, dbias, dinp, dout, inp, weight, input_grad, h
     zero, scale = dinp.dtype.type(0), dropout_scale(hyper.dropout, dinp)
     tiles_dweight = _tile_count(dweight)
     tiles_dinp = _tile_count(dinp) if input_grad else 0
-    for tile in range(first, tiles_dweight + tiles_dinp, step):
+    for tile in range(first, tiles_dweight + tiles_dinp, stride):
         if tile < tiles_dweight:
             row0, col0 = _tile_origin(dweight, tile)
             acc, colsum = _matmul_tile(inp, True, dout, False, row0, col0, inp.shape[0], row0 == 0, sa, sb)
@@ -243,16 +232,16 @@ def linear_backward_tiles(dweight, dbias, dinp, dout, inp, weight, input_grad, h
 
 
 @cuda.jit(device=True)
-def gather_rows(inp, targets, images, labels, indices, scale, hyper, number, first, step):
+def gather_rows(inp, targets, images, labels, indices, scale, hyper, number, first, stride):
     """inp (B, C) = images[indices] (B, C) * scale, targets (B,) = labels[indices], then, if
     hyper.input_dropout, inverted dropout of the pixels (activation 0) at step `number`.
 
-    Elements first, first + step, ... of inp; images (N, C) uint8 or float stay compact on the device.
+    Elements first, first + stride, ... of inp; images (N, C) uint8 or float stay compact on the device.
     """
     C = inp.shape[1]
     dropout, zero = hyper.input_dropout != 0, inp.dtype.type(0)
     key, keep_scale = dropout_key(hyper.dropout_seed, number, 0), dropout_scale(hyper.input_dropout, inp)
-    for e in range(first, inp.size, step):  # consecutive threads take consecutive pixels of a row: coalesced
+    for e in range(first, inp.size, stride):  # consecutive threads take consecutive pixels of a row: coalesced
         b, c = e // C, e % C
         row = indices[b]
         # a float64 product rounded once to inp's dtype: NumPy's uint8 * Python float, then the cast
@@ -331,21 +320,22 @@ def softmax_xent_rows(dlogits, logits, targets, metrics, slot, loss_parts, corre
 
 
 @cuda.jit(device=True)
-def sgd_flat(param, grad, velocity, lr, momentum, weight_decay, first, step):
-    """One SGD step (fastnn.ops.sgd_update) on 1-D param, grad, velocity: elements first, first + step, ..."""
-    for i in range(first, param.size, step):
+def sgd_flat(param, grad, moment1, lr, momentum, weight_decay, first, stride):
+    """One SGD step (fastnn.ops.sgd_update) on 1-D param, grad, moment1 (the momentum buffer): elements
+    first, first + stride, ..."""
+    for i in range(first, param.size, stride):
         g = grad[i]
         if weight_decay != 0:  # as the reference: no 0 * param term, which would turn an inf param into NaN
             g += weight_decay * param[i]
-        v = velocity[i] * momentum + g
-        velocity[i] = v
-        param[i] -= lr * v
+        m = moment1[i] * momentum + g
+        moment1[i] = m
+        param[i] -= lr * m
 
 
 @cuda.jit(device=True)
-def adam_flat(param, grad, moment1, moment2, lr, number, hyper, first, step):
+def adam_flat(param, grad, moment1, moment2, lr, number, hyper, first, stride):
     """One Adam step at t = number (fastnn.ops.adam_update; AdamW's if hyper.optimizer is ADAMW) on 1-D
-    param, grad, moment1, moment2: elements first, first + step, ...
+    param, grad, moment1, moment2: elements first, first + stride, ...
 
     lr and hyper's floats are float64, as the reference's Python floats: each scalar is computed in
     float64 as the reference computes it (1 - beta1, the bias corrections 1 - beta^t, AdamW's
@@ -361,7 +351,7 @@ def adam_flat(param, grad, moment1, moment2, lr, number, hyper, first, step):
     correction1 = real(1.0 - math.pow(hyper.beta1, number))  # pow, as Python's float ** int
     correction2 = real(1.0 - math.pow(hyper.beta2, number))
     rate, eps = real(lr), real(hyper.eps)
-    for i in range(first, param.size, step):
+    for i in range(first, param.size, stride):
         g = grad[i]
         if l2:
             g += decay * param[i]
@@ -373,32 +363,32 @@ def adam_flat(param, grad, moment1, moment2, lr, number, hyper, first, step):
 
 
 @cuda.jit(device=True)
-def update_flat(param, grad, velocity, second, lr, number, hyper, first, step):
+def update_flat(param, grad, moment1, moment2, lr, number, hyper, first, stride):
     """The update hyper.optimizer names (fastnn.ops.update) at step `number` with rate lr (float64), on 1-D
-    param, grad and its optimizer state (velocity: SGD's, or Adam's first moments; second: Adam's second
-    moments, untouched by SGD): elements first, first + step, ..."""
+    param, grad and its optimizer state (moment1: SGD's momentum buffer or Adam's first moments; moment2:
+    Adam's second moments, untouched by SGD): elements first, first + stride, ..."""
     if hyper.optimizer == SGD:
         real = param.dtype.type  # scalars in the param's dtype: float32 math stays float32
-        sgd_flat(param, grad, velocity, real(lr), real(hyper.momentum), real(hyper.weight_decay), first, step)
+        sgd_flat(param, grad, moment1, real(lr), real(hyper.momentum), real(hyper.weight_decay), first, stride)
     else:
-        adam_flat(param, grad, velocity, second, lr, number, hyper, first, step)
+        adam_flat(param, grad, moment1, moment2, lr, number, hyper, first, stride)
 
 
 @cuda.jit(device=True)
-def update_layers(weights, biases, dweights, dbiases, velocities_w, velocities_b, seconds_w, seconds_b, lr, number,
-                  hyper, first, step):
+def update_layers(weights, biases, dweights, dbiases, moment1_w, moment1_b, moment2_w, moment2_b, lr, number,
+                  hyper, first, stride):
     """update_flat on every layer's weight (C, OC) and bias (OC), given as tuples of L arrays."""
     for l in range(len(weights)):
         w = weights[l]
         n = w.size  # flat views of the C-contiguous (C, OC) arrays: no copy
-        update_flat(w.reshape(n), dweights[l].reshape(n), velocities_w[l].reshape(n), seconds_w[l].reshape(n), lr,
-                    number, hyper, first, step)
-        update_flat(biases[l], dbiases[l], velocities_b[l], seconds_b[l], lr, number, hyper, first, step)
+        update_flat(w.reshape(n), dweights[l].reshape(n), moment1_w[l].reshape(n), moment2_w[l].reshape(n), lr,
+                    number, hyper, first, stride)
+        update_flat(biases[l], dbiases[l], moment1_b[l], moment2_b[l], lr, number, hyper, first, stride)
 
 
 @cuda.jit(device=True)
-def max_norm_columns(weight, limit, first, step):
-    """fastnn.ops.max_norm of weight (C, OC), limit a float64: columns first, first + step, ...
+def max_norm_columns(weight, limit, first, stride):
+    """fastnn.ops.max_norm of weight (C, OC), limit a float64: columns first, first + stride, ...
 
     A thread per column: it sums its own column's squares, so no thread needs another's result, and
     consecutive threads read consecutive columns of a row (coalesced). The sum runs down the rows in
@@ -406,7 +396,7 @@ def max_norm_columns(weight, limit, first, step):
     """
     real = weight.dtype.type
     cap = real(limit)
-    for j in range(first, weight.shape[1], step):
+    for j in range(first, weight.shape[1], stride):
         total = real(0)
         for c in range(weight.shape[0]):
             total += weight[c, j] * weight[c, j]
@@ -418,7 +408,7 @@ def max_norm_columns(weight, limit, first, step):
 
 
 @cuda.jit(device=True)
-def max_norm_layers(weights, limit, first, step):
+def max_norm_layers(weights, limit, first, stride):
     """max_norm_columns on every layer's weight (C, OC), given as a tuple of L arrays."""
     for l in range(len(weights)):
-        max_norm_columns(weights[l], limit, first, step)
+        max_norm_columns(weights[l], limit, first, stride)

@@ -10,8 +10,8 @@ import importlib.util
 import numpy as np
 from numba import cuda
 
+from fastnn.bundles import Data
 from fastnn.fileio import FastnnError
-from fastnn.step import Data
 
 
 def check_available():

@@ -46,7 +46,7 @@ def _kernel(dtype):
     shared_dtype = from_dtype(dtype)
 
     @cuda.jit
-    def train_steps_kernel(weights, biases, dweights, dbiases, velocities_w, velocities_b, seconds_w, seconds_b,
+    def train_steps_kernel(weights, biases, dweights, dbiases, moment1_w, moment1_b, moment2_w, moment2_b,
                            acts, douts, targets, images, labels, indices, scale, lrs, numbers, hyper, log, log_first):
         # step s gathers rows indices[s] (S, B), is step numbers[s] (S,) of the run and updates with rate lrs[s] (S,)
         sa = cuda.shared.array(TILE_SHAPE, shared_dtype)  # one declaration a line: the simulator
@@ -74,7 +74,7 @@ def _kernel(dtype):
                 linear_backward_tiles(dweights[l], dbiases[l], douts[max(l - 1, 0)], douts[l], acts[l], weights[l],
                                       l > 0, hyper, block, blocks, sa, sb)
                 grid.sync()
-            update_layers(weights, biases, dweights, dbiases, velocities_w, velocities_b, seconds_w, seconds_b, lrs[s],
+            update_layers(weights, biases, dweights, dbiases, moment1_w, moment1_b, moment2_w, moment2_b, lrs[s],
                           numbers[s], hyper, thread, threads)
             if hyper.max_norm != 0:  # the same for every block: all of them meet at this barrier
                 grid.sync()  # every element of every column updated before a column's norm
@@ -94,13 +94,12 @@ def _cooperative_blocks(kernel, args):
 _grid_blocks = {}  # (dtype, L, images dtype) -> _cooperative_blocks
 
 
-def _launch(kernel, args, work_tiles):
-    """Launch the cooperative kernel on as many blocks as fit at once, but no more than work_tiles."""
-    weights, images = args[0], args[11]
-    key = (weights[0].dtype, len(weights), images.dtype)
-    if key not in _grid_blocks:
-        _grid_blocks[key] = _cooperative_blocks(kernel, args)
-    kernel[max(1, min(_grid_blocks[key], work_tiles)), (TILE, TILE)](*args)
+def _launch(kernel, args, kind, work_tiles):
+    """Launch the cooperative kernel on as many blocks as fit at once, but no more than work_tiles;
+    kind: what its compiled code depends on besides the argument count, (dtype, L, images dtype)."""
+    if kind not in _grid_blocks:
+        _grid_blocks[kind] = _cooperative_blocks(kernel, args)
+    kernel[max(1, min(_grid_blocks[kind], work_tiles)), (TILE, TILE)](*args)
 
 
 def train_steps(params, grads, optimizer, buffers, data, steps, hyper):
@@ -111,13 +110,13 @@ def train_steps(params, grads, optimizer, buffers, data, steps, hyper):
     S = steps.indices.shape[0]
     log = step_log()
     first = log.claim(S)
-    velocity, second = optimizer
-    args = (tuple(weights), tuple(biases), tuple(grads.weights), tuple(grads.biases), tuple(velocity.weights),
-            tuple(velocity.biases), tuple(second.weights), tuple(second.biases), tuple(acts), tuple(douts), targets,
+    moment1, moment2 = optimizer
+    args = (tuple(weights), tuple(biases), tuple(grads.weights), tuple(grads.biases), tuple(moment1.weights),
+            tuple(moment1.biases), tuple(moment2.weights), tuple(moment2.biases), tuple(acts), tuple(douts), targets,
             data.images, data.labels, steps.indices, np.float64(data.scale), steps.lrs, steps.numbers,
             device_hyper(hyper), log.device, first % len(log))
     work_tiles = max(max(n_tiles(a.shape) for a in acts[1:]),  # forward; backward: dweight and dinp tiles
                      max(n_tiles(w.shape) + (n_tiles(acts[l].shape) if l else 0) for l, w in enumerate(weights)))
-    _launch(_kernel(weights[0].dtype), args, work_tiles)
+    _launch(_kernel(weights[0].dtype), args, (weights[0].dtype, len(weights), data.images.dtype), work_tiles)
     results = metrics(first, S)
     return [loss for loss, _ in results], [n_correct for _, n_correct in results]

@@ -30,7 +30,7 @@ from numba.cuda.api_util import prepare_shape_strides_dtype  # noqa: E402
 from numba.cuda.cudadrv import devicearray, dummyarray  # noqa: E402
 from numba.cuda.typing.typeof import Purpose, typeof  # noqa: E402
 
-from fastnn import step  # noqa: E402
+from fastnn import bundles, settings  # noqa: E402
 
 
 class _NoMemory:
@@ -104,16 +104,17 @@ def compile_all(cc=(9, 0), out=None):
     dispatcher.CUDADispatcher.__getitem__ = launch_config
     B, N, S, sizes = 64, 100, 2, (784, 128, 10)
     labels = np.zeros(N, np.int64)
-    hypers = (step.Hyper(momentum=0.9, weight_decay=1e-3),  # every optimizer and regulariser a step can run
-              step.Hyper(weight_decay=1e-4, optimizer=step.ADAM, dropout=0.3, dropout_seed=7, input_dropout=0.2),
-              step.Hyper(weight_decay=1e-2, optimizer=step.ADAMW, max_norm=3.0))
+    hypers = (bundles.Hyper(momentum=0.9, weight_decay=1e-3),  # every optimizer and regulariser a step can run
+              bundles.Hyper(weight_decay=1e-4, optimizer=settings.ADAM, dropout=0.3, dropout_seed=7,
+                            input_dropout=0.2),
+              bundles.Hyper(weight_decay=1e-2, optimizer=settings.ADAMW, max_norm=3.0))
     for dtype in (np.float32, np.float64):
-        training = step.training_state(kc, step.he_init(sizes, dtype, seed=0), B)
+        training = bundles.training_state(kc, bundles.he_init(sizes, dtype, seed=0), B)
         params, grads, optimizer, buffers = training
         data = kc.prepare_data(np.zeros((N, sizes[0]), np.uint8), labels, 1 / 255)
         for rows, hyper in itertools.product((B, 37), hypers):  # a full batch, then a partial last one (views)
-            state = training._replace(buffers=step.first_rows(buffers, rows))
-            steps = step.Steps(kc.to_device(np.zeros((S, rows), np.int64)), kc.to_device(np.ones(S)),
+            state = training._replace(buffers=bundles.first_rows(buffers, rows))
+            steps = bundles.Steps(kc.to_device(np.zeros((S, rows), np.int64)), kc.to_device(np.ones(S)),
                                kc.to_device(np.arange(1, S + 1)))
             kc.train_step(*state, data, steps.indices[0], 0.1, 1, hyper)  # version 1, launch by launch
             persistent.train_steps(*state, data, steps, hyper)
@@ -127,9 +128,10 @@ def compile_all(cc=(9, 0), out=None):
         kc.softmax_cross_entropy(douts[1], acts[2], targets)
         kc.linear_backward(grads.weights[0], grads.biases[0], douts[0], acts[0])
         kc.linear_backward_input(douts[0], douts[1], params.weights[1], acts[1])
-        kc.sgd_update(params.biases[0], grads.biases[0], optimizer.velocity.biases[0], 0.1, 0.9, 0.0)
-        kc.adam_update(params.weights[0], grads.weights[0], optimizer.velocity.weights[0], optimizer.second.weights[0],
-                       1e-3, 10, 0.9, 0.999, 1e-8, 1e-2, True)
+        kc.update(params.biases[0], grads.biases[0], optimizer.moment1.biases[0], optimizer.moment2.biases[0], 0.1, 1,
+                  bundles.Hyper(momentum=0.9))
+        kc.update(params.weights[0], grads.weights[0], optimizer.moment1.weights[0], optimizer.moment2.weights[0],
+                  1e-3, 10, bundles.Hyper(optimizer=settings.ADAMW, weight_decay=1e-2))
         kc.max_norm(params.weights[1], 3.0)
         kc.dropout_forward(acts[1], acts[1], 7, 2**40, 0, 0.5)
     return compiled

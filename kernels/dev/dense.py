@@ -33,7 +33,7 @@ import numpy as np
 from numba import njit, prange, uint64
 from threadpoolctl import threadpool_limits
 
-from fastnn.step import Hyper, Layers, new_optimizer_state
+from fastnn.bundles import Hyper, Layers, new_optimizer_state
 from kernels import cpu
 from kernels.cpu import FASTMATH
 
@@ -174,7 +174,8 @@ def version2(layer):
     params = Layers((weight, weight[:, :10].copy()), (bias.copy(), bias[:10].copy()))
     grads = Layers((layer["dweight"], weight[:, :10].copy()), (bias.copy(), bias[:10].copy()))
     optimizer = new_optimizer_state(params)
-    hyper, no_dropout = Hyper(0.9, 0.0), cpu._dropout_key(0, 0, 0, 0.0, np.float32)
+    coef = cpu._update_coefs(np.float32, 0.0, 1, Hyper(momentum=0.9))
+    no_dropout = cpu._dropout_key(0, 0, 0, 0.0, np.float32)
     packs, every_term = cpu._packs(np.dtype(np.float32)), cpu._every_term(np.dtype(np.float32))
     return {
         "forward": lambda: cpu._dense_forward(layer["out"], layer["out_t"], layer["inp"], layer["weight"],
@@ -183,8 +184,8 @@ def version2(layer):
                                                             layer["inp"], np.float32(1), packs, *every_term),
         "weight gradient": lambda: cpu._dense_dweight(layer["dweight"], layer["dbias"], layer["inp_t"], layer["dout"],
                                                       packs, *every_term),
-        "weight update": lambda: cpu._dense_update(0, params, grads, optimizer, layer["inp_t"], layer["dout"], 0.0,
-                                                   1, hyper, packs, *every_term),
+        "weight update": lambda: cpu._dense_update(0, params, grads, optimizer, layer["inp_t"], layer["dout"], coef,
+                                                   packs, *every_term),
     }
 
 

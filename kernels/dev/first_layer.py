@@ -16,9 +16,9 @@ import time
 
 import numpy as np
 
+from fastnn.bundles import Hyper, Steps, he_init, training_state
 from fastnn.data import load_dataset
-from fastnn.step import Hyper, Steps, he_init, training_state
-from fastnn.training import STEPS_PER_CALL
+from fastnn.loop import STEPS_PER_CALL
 from kernels import cpu
 
 SHAPES = (((784, 128, 10), 64), ((784, 256, 10), 128), ((784, 512, 10), 256), ((784, 1024, 10), 256),
@@ -36,7 +36,7 @@ def main():
     images, labels = mnist.train_images, mnist.train_labels.astype(np.int64)
     forms = {"sparse": cpu.prepare_data(images, labels, 1 / 255), "dense": dense_data(images, labels)}
     assert forms["sparse"].sparse
-    hyper = Hyper(0.9, 0.0)
+    hyper = Hyper(momentum=0.9)
     print(f"{'layers':>22} {'B':>4} {'sparse ms/step':>15} {'dense ms/step':>14} {'dense/sparse':>13}")
     for sizes, B in SHAPES:
         rng = np.random.default_rng(0)

@@ -11,10 +11,10 @@ import numpy as np
 from numba import cuda, float64, int32
 from numba.np.numpy_support import from_dtype
 
-from fastnn.step import ADAM, ADAMW, Hyper
-from kernels.cuda.device import (THREADS, TILE, TILE_SHAPE, adam_flat, argmax_row, device_hyper, dropout_elements,
-                                 gather_rows, linear_backward_tiles, linear_forward_tiles, max_norm_layers, n_tiles,
-                                 nothing, sgd_flat, softmax_row, softmax_xent_rows, update_layers)
+from fastnn.bundles import Hyper
+from kernels.cuda.device import (THREADS, TILE, TILE_SHAPE, argmax_row, device_hyper, dropout_elements, gather_rows,
+                                 linear_backward_tiles, linear_forward_tiles, max_norm_layers, n_tiles, nothing,
+                                 softmax_row, softmax_xent_rows, update_flat, update_layers)
 from kernels.cuda.metrics import metrics, step_log
 
 # Grids of THREADS-thread blocks (every kernel but the matmuls and the loss) stop at MAX_BLOCKS: the
@@ -97,19 +97,14 @@ def _xent_kernel(dlogits, logits, targets, log, slot):
 
 
 @cuda.jit
-def _sgd_kernel(param, grad, velocity, lr, momentum, weight_decay):
-    sgd_flat(param, grad, velocity, lr, momentum, weight_decay, cuda.grid(1), cuda.gridsize(1))
+def _update_kernel(param, grad, moment1, moment2, lr, number, hyper):
+    update_flat(param, grad, moment1, moment2, lr, number, hyper, cuda.grid(1), cuda.gridsize(1))
 
 
 @cuda.jit
-def _adam_kernel(param, grad, moment1, moment2, lr, number, hyper):
-    adam_flat(param, grad, moment1, moment2, lr, number, hyper, cuda.grid(1), cuda.gridsize(1))
-
-
-@cuda.jit
-def _update_layers_kernel(weights, biases, dweights, dbiases, velocities_w, velocities_b, seconds_w, seconds_b, lr,
+def _update_layers_kernel(weights, biases, dweights, dbiases, moment1_w, moment1_b, moment2_w, moment2_b, lr,
                           number, hyper):
-    update_layers(weights, biases, dweights, dbiases, velocities_w, velocities_b, seconds_w, seconds_b, lr, number,
+    update_layers(weights, biases, dweights, dbiases, moment1_w, moment1_b, moment2_w, moment2_b, lr, number,
                   hyper, cuda.grid(1), cuda.gridsize(1))
 
 
@@ -186,19 +181,11 @@ def linear_backward_input(dinp, dout, weight, inp):
         nothing(2, dout.dtype), nothing(1, dout.dtype), dinp, dout, inp, weight, True, PLAIN)
 
 
-def sgd_update(param, grad, velocity, lr, momentum, weight_decay):
-    """velocity = momentum * velocity + grad + weight_decay * param;  param -= lr * velocity."""
-    n, real = param.size, param.dtype.type  # scalars in the param's dtype: float32 math stays float32
-    _sgd_kernel[_grid(n), THREADS](param.reshape(n), grad.reshape(n), velocity.reshape(n),
-                                   real(lr), real(momentum), real(weight_decay))
-
-
-def adam_update(param, grad, moment1, moment2, lr, step, beta1, beta2, eps, weight_decay, decoupled):
-    """One Adam (AdamW if decoupled) step at t = step, in place: fastnn.ops.adam_update."""
-    n, optimizer = param.size, ADAMW if decoupled else ADAM
-    hyper = device_hyper(Hyper(weight_decay=weight_decay, optimizer=optimizer, beta1=beta1, beta2=beta2, eps=eps))
-    _adam_kernel[_grid(n), THREADS](param.reshape(n), grad.reshape(n), moment1.reshape(n), moment2.reshape(n),
-                                    float(lr), np.int64(step), hyper)
+def update(param, grad, moment1, moment2, lr, number, hyper):
+    """The update hyper.optimizer names, in place, at step `number` with rate lr: fastnn.ops.update."""
+    n = param.size
+    _update_kernel[_grid(n), THREADS](param.reshape(n), grad.reshape(n), moment1.reshape(n), moment2.reshape(n),
+                                      float(lr), np.int64(number), device_hyper(hyper))
 
 
 def max_norm(weight, limit):
@@ -206,10 +193,10 @@ def max_norm(weight, limit):
     _max_norm_kernel[_grid(weight.shape[1]), THREADS]((weight,), float(limit))
 
 
-def dropout_forward(out, inp, seed, step, layer, rate):
+def dropout_forward(out, inp, seed, number, layer, rate):
     """out (B, H) = inp (B, H) * keep / (1 - rate), the reference's masks bit for bit; out may be inp."""
     hyper = device_hyper(Hyper(dropout=rate, dropout_seed=seed))
-    _dropout_kernel[_grid(inp.size), THREADS](out, inp, hyper, np.int64(step), np.int64(layer))
+    _dropout_kernel[_grid(inp.size), THREADS](out, inp, hyper, np.int64(number), np.int64(layer))
 
 
 def argmax(out, logits):
@@ -251,11 +238,11 @@ def train_step(params, grads, optimizer, buffers, data, indices, lr, number, hyp
         dinp = douts[l - 1] if l > 0 else nothing(2, dtype)  # the pixels need no gradient
         backward_kernel[max(1, n_tiles(weights[l].shape) + n_tiles(dinp.shape)), (TILE, TILE)](
             grads.weights[l], grads.biases[l], dinp, douts[l], acts[l], weights[l], l > 0, settings)
-    velocity, second = optimizer
+    moment1, moment2 = optimizer
     n = sum(w.size + b.size for w, b in zip(weights, biases))
     _update_layers_kernel[_grid(n), THREADS](tuple(weights), tuple(biases), tuple(grads.weights), tuple(grads.biases),
-                                             tuple(velocity.weights), tuple(velocity.biases), tuple(second.weights),
-                                             tuple(second.biases), float(lr), number, settings)
+                                             tuple(moment1.weights), tuple(moment1.biases), tuple(moment2.weights),
+                                             tuple(moment2.biases), float(lr), number, settings)
     if hyper.max_norm:  # after the update kernel, in stream order: every column's update is done
         _max_norm_kernel[_grid(max(w.shape[1] for w in weights)), THREADS](tuple(weights), settings.max_norm)
     return metrics(first, 1)[0]

@@ -1,12 +1,12 @@
 """The training loop: epochs of mini-batches through a backend's train_steps, the learning-rate
 schedule, and the divergence check.
 
-    for epoch in training.fit(ops, params, data, rows, settings, rng):   # one Epoch per epoch
+    for epoch in loop.fit(ops, params, data, rows, settings, rng):   # one Epoch per epoch
         print(epoch.loss, epoch.params.weights[0].shape)
 
 An epoch is a shuffle of the training rows, then every batch of them: the full batches in calls of
 STEPS_PER_CALL steps, the smaller last batch (if any) in a call of its own, through views of the same
-buffers (fastnn.step.first_rows).
+buffers (fastnn.bundles.first_rows).
 """
 import math
 import time
@@ -15,8 +15,8 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
+from fastnn.bundles import Hyper, Layers, OptimizerState, Steps, first_rows, to_host, training_state
 from fastnn.fileio import FastnnError
-from fastnn.step import Hyper, Layers, OptimizerState, Steps, first_rows, to_host, training_state
 
 # A mean cross-entropy this large means the right class gets probability e^-1000: no sane run gets
 # there (an untrained network sits at ln(10) = 2.3), so it is divergence, not a bad batch.

@@ -1,9 +1,8 @@
-"""What a training step works on: the named bundles every backend's `train_steps` takes, and the one
-place that makes them.
+"""The named bundles that every backend's `train_steps` takes, and the one place that makes them.
 
     params    Layers(weights, biases)      weights[l] (C_l, C_l+1), biases[l] (C_l+1,): what is learned
     grads     Layers(weights, biases)      the same shapes: the last step's gradients
-    optimizer OptimizerState(velocity, second)  the optimizer's running averages, Layers of the same shapes
+    optimizer OptimizerState(moment1, moment2)  the optimizer's running averages, Layers of the same shapes
     buffers   StepBuffers(acts, douts, targets, scratch)   per-batch working memory
     data      Data(images, labels, scale)  the training set, in the backend's own representation
     steps     Steps(indices, lrs, numbers) which rows, which learning rate and which step of the run
@@ -15,9 +14,12 @@ Numba's own dispatch reads a namedtuple's fields in Python (~10 us for these), w
 take many steps per call (`train_steps`), not one.
 """
 import math
+from collections import namedtuple
 from typing import NamedTuple
 
 import numpy as np
+
+from fastnn.settings import SETTINGS
 
 
 class Layers(NamedTuple):
@@ -27,9 +29,10 @@ class Layers(NamedTuple):
 
 
 class OptimizerState(NamedTuple):
-    """What the optimizer carries from step to step (both always allocated: one layout for every optimizer)."""
-    velocity: Layers  # SGD's momentum buffers (with momentum 0: the last step's direction), or Adam's m
-    second: Layers  # Adam's v, the running mean of squared gradients; untouched by SGD
+    """What the optimizer carries from step to step (both always allocated: one layout for every optimizer).
+    The same two names in the reference, the Numba kernels (m1, m2 in element loops) and the CUDA kernels."""
+    moment1: Layers  # a running average of the gradients: SGD's momentum buffer (PyTorch's b), Adam's m
+    moment2: Layers  # a running average of the squared gradients: Adam's v; untouched by SGD
 
 
 class StepBuffers(NamedTuple):
@@ -56,32 +59,18 @@ class Steps(NamedTuple):
     numbers: np.ndarray  # (S,) int64
 
 
-# Hyper.optimizer: numbers, not names, so that numba compiles one train_steps for all of them
-SGD, ADAM, ADAMW = 0, 1, 2
-OPTIMIZERS = {"sgd": SGD, "adam": ADAM, "adamw": ADAMW}
+# The settings that stay the same for every step (the learning rate comes with Steps): the rows of
+# fastnn/settings.py marked `kernel`, each as the kernels take it (settings.Setting.encode: the
+# optimizer's number, plain Python numbers), and the seed of the dropout masks. What each one does is
+# the reference's to say (fastnn/ops.py: update, train_step). A NamedTuple, so numba reads its fields by name.
+_KERNEL_SETTINGS = [setting for setting in SETTINGS.values() if setting.kernel]
+Hyper = namedtuple("Hyper", [setting.name for setting in _KERNEL_SETTINGS] + ["dropout_seed"],
+                   defaults=[setting.encode(setting.default) for setting in _KERNEL_SETTINGS] + [0])
 
 
-class Hyper(NamedTuple):
-    """The settings that stay the same for every step (the learning rate comes with Steps).
-
-    optimizer SGD: g = grad + weight_decay * param; velocity = momentum * velocity + g; param -= lr * velocity
-    (PyTorch's SGD). ADAM: Kingma & Ba's Adam on g, with beta1, beta2, eps (PyTorch's Adam). ADAMW: Adam
-    on the bare gradient and param *= 1 - lr * weight_decay first: decoupled weight decay (Loshchilov &
-    Hutter; PyTorch's AdamW). dropout, input_dropout: the rates of inverted dropout on every hidden
-    layer's output and on the input pixels, masks drawn from (dropout_seed, step number, l, row, unit)
-    for acts[l] (ops.dropout_keep): l = 0 the input, l = 1.. the hidden layers. max_norm: after each
-    update, scale every unit's incoming weights (a column of a weight) down to at most this L2 norm; 0: off.
-    """
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    optimizer: int = SGD
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    dropout: float = 0.0
-    dropout_seed: int = 0
-    max_norm: float = 0.0
-    input_dropout: float = 0.0
+def hyper_of(values, dropout_seed=0):
+    """The Hyper of settings {name: value} (every setting, checked) and the dropout masks' seed."""
+    return Hyper(**{s.name: s.encode(values[s.name]) for s in _KERNEL_SETTINGS}, dropout_seed=dropout_seed)
 
 
 class TrainingState(NamedTuple):
