@@ -117,16 +117,21 @@ def linear_backward_input(dinp, dout, weight, inp):
     relu_backward(dinp, dinp, inp)
 
 
-def sgd_update(param, grad, moment1, lr, momentum, weight_decay):
+def sgd_update(param, grad, moment1, lr, momentum, weight_decay, nesterov=False):
     """One SGD step with optional momentum and L2 weight decay, in place (PyTorch's formulation).
 
     g = grad + weight_decay * param;  moment1 = momentum * moment1 + g;  param -= lr * moment1
     moment1 is the momentum buffer. With momentum = weight_decay = 0 this is plain `param -= lr * grad`.
+    nesterov (Sutskever et al. 2013, in PyTorch's form): param -= lr * (g + momentum * moment1), the
+    gradient plus where the momentum is about to carry the parameters.
     """
     g = grad + weight_decay * param if weight_decay else grad
     np.multiply(moment1, momentum, out=moment1)
     moment1 += g
-    param -= lr * moment1
+    if nesterov:
+        param -= lr * (g + momentum * moment1)
+    else:
+        param -= lr * moment1
 
 
 def adam_update(param, grad, moment1, moment2, lr, number, beta1, beta2, eps, weight_decay, decoupled):
@@ -155,7 +160,7 @@ def update(param, grad, moment1, moment2, lr, number, hyper):
     """The update hyper.optimizer names (fastnn.bundles.Hyper), in place, of one parameter array and its
     optimizer state (moment1, moment2: its OptimizerState), at step `number` (1, 2, ...) with rate lr."""
     if hyper.optimizer == SGD:
-        sgd_update(param, grad, moment1, lr, hyper.momentum, hyper.weight_decay)
+        sgd_update(param, grad, moment1, lr, hyper.momentum, hyper.weight_decay, hyper.nesterov)
     else:
         adam_update(param, grad, moment1, moment2, lr, number, hyper.beta1, hyper.beta2, hyper.eps,
                     hyper.weight_decay, hyper.optimizer == ADAMW)

@@ -149,6 +149,8 @@ _ROWS = (
             presets={"default": 0.1, "best": 1e-3}),
     Setting("momentum", Interval(float, 0, 1), 0.0, "SGD's momentum (0: plain SGD; Adam has beta1 instead)",
             presets={"default": 0.9}, kernel=True),
+    Setting("nesterov", Flag(), False, "Nesterov momentum: SGD steps along grad + momentum * its new momentum buffer",
+            kernel=True),
     Setting("weight_decay", Interval(float, 0), 0.0, "L2 penalty (sgd, adam) or decoupled decay rate (adamw)",
             presets={"default": 5e-4},  # a little L2 keeps the test accuracy from sagging late in the run
             kernel=True),  # "best": none, dropout and max-norm regularise instead
@@ -191,6 +193,9 @@ def check(values, owner="MLP"):
         if not setting.allowed.allows(values[name]):
             raise FastnnError(f"The {name!r} parameter of {owner} must be {setting.allowed}. "
                               f"Got {values[name]!r} instead.")
+    if values["nesterov"] and (values["optimizer"] != "sgd" or not values["momentum"]):
+        raise FastnnError("nesterov looks ahead along SGD's momentum: use optimizer 'sgd' with momentum > 0 "
+                          "(say --momentum 0.9), or leave nesterov off")
     if values["early_stopping"] and not values["validation_fraction"]:
         raise FastnnError("early_stopping watches the validation accuracy: set validation_fraction "
                           "(say 0.1; --validation 0.1 on the command line) or early_stopping=0")

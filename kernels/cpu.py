@@ -547,6 +547,7 @@ class UpdateCoefs(NamedTuple):
     optimizer: int  # fastnn.settings.SGD, ADAM or ADAMW
     lr: float
     momentum: float
+    nesterov: bool
     decay: float  # the L2 penalty in the gradient (SGD, Adam); 0 for AdamW
     shrink: float  # AdamW's decoupled decay factor 1 - lr * weight_decay; 1 otherwise
     beta1: float
@@ -569,9 +570,9 @@ def _update_coefs(dtype, lr, number, hyper):
     # need one division and one square root, as in PyTorch's Adam
     step_size = lr / (1 - hyper.beta1 ** number)
     inv_sqrt_bc2 = 1 / np.sqrt(1 - hyper.beta2 ** number)
-    return UpdateCoefs(hyper.optimizer, dtype(lr), dtype(hyper.momentum), dtype(decay), dtype(shrink),
-                       dtype(hyper.beta1), dtype(1 - hyper.beta1), dtype(hyper.beta2), dtype(1 - hyper.beta2),
-                       dtype(hyper.eps), dtype(step_size), dtype(inv_sqrt_bc2))
+    return UpdateCoefs(hyper.optimizer, dtype(lr), dtype(hyper.momentum), hyper.nesterov, dtype(decay),
+                       dtype(shrink), dtype(hyper.beta1), dtype(1 - hyper.beta1), dtype(hyper.beta2),
+                       dtype(1 - hyper.beta2), dtype(hyper.eps), dtype(step_size), dtype(inv_sqrt_bc2))
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -580,7 +581,9 @@ def _sgd_step(param, grad, m1, coef):
     if coef.decay != 0:  # as the reference: no 0 * param term, so an inf weight stays inf
         grad += coef.decay * param
     m1 = coef.momentum * m1 + grad
-    return param - coef.lr * m1, m1
+    # Nesterov's look-ahead: the same for every element, so LLVM takes the branch out of the loop
+    direction = grad + coef.momentum * m1 if coef.nesterov else m1
+    return param - coef.lr * direction, m1
 
 
 # error_model="numpy": a float division by zero gives inf as in NumPy, instead of numba's default

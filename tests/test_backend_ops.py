@@ -129,6 +129,7 @@ def test_linear_backward_input(backend, kind, shape, dtype):
     (0.05, 1, Hyper()),  # plain SGD
     (0.05, 4, Hyper(momentum=0.9)),
     (0.05, 4, Hyper(momentum=0.9, weight_decay=5e-4)),
+    (0.05, 4, Hyper(momentum=0.9, weight_decay=5e-4, nesterov=True)),
     (1e-3, 1, Hyper(optimizer=ADAM)),
     (1e-3, 7, Hyper(optimizer=ADAM, weight_decay=5e-4)),
     (1e-3, 1000, Hyper(optimizer=ADAMW, weight_decay=5e-2)),

@@ -121,6 +121,30 @@ def test_sgd_update_with_momentum_and_weight_decay_follows_the_formula():
     np.testing.assert_allclose(moment1, expected_v, rtol=1e-14)
 
 
+def pytorch_sgd(param, grads, lr, momentum, weight_decay, nesterov):
+    """A float64 transcription of PyTorch's documented SGD (torch.optim.SGD, dampening 0): the
+    parameters after one step per gradient in grads."""
+    buffer = None
+    for t, grad in enumerate(grads, start=1):
+        g = grad + weight_decay * param
+        buffer = g if t == 1 else momentum * buffer + g  # b_1 = g_1, then b_t = mu * b_t-1 + g_t
+        g = g + momentum * buffer if nesterov else buffer
+        param = param - lr * g
+    return param
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_follows_pytorchs_documented_update(nesterov):
+    rng = np.random.default_rng(9)
+    param0, grads = rng.standard_normal(6), rng.standard_normal((4, 6))
+    hyper = Hyper(optimizer=SGD, momentum=0.9, weight_decay=0.01, nesterov=nesterov)
+    param, moment1, moment2 = param0.copy(), np.zeros(6), np.zeros(6)
+    for number, grad in enumerate(grads, start=1):
+        ops.update(param, grad, moment1, moment2, 0.1, number, hyper)
+    np.testing.assert_allclose(param, pytorch_sgd(param0, grads, 0.1, 0.9, 0.01, nesterov), rtol=1e-14)
+    assert not np.allclose(param, pytorch_sgd(param0, grads, 0.1, 0.9, 0.01, not nesterov))  # the flag matters
+
+
 def test_gather_batch_scales_uint8_and_picks_labels():
     images = np.array([[0, 255], [51, 102], [255, 0]], np.uint8)
     labels = np.array([7, 8, 9])

@@ -54,6 +54,13 @@ def test_a_bad_value_is_named_in_scikit_learns_words():
             settings.check({**DEFAULTS, name: bad})
 
 
+@pytest.mark.parametrize("changes", [{"optimizer": "adam"}, {"momentum": 0.0}])
+def test_nesterov_needs_sgd_with_momentum(changes):
+    with pytest.raises(FastnnError, match="^nesterov looks ahead along SGD's momentum: use optimizer 'sgd'"):
+        settings.check({**DEFAULTS, "momentum": 0.9, "nesterov": True, **changes})
+    settings.check({**DEFAULTS, "momentum": 0.9, "nesterov": True})
+
+
 def test_hyper_holds_every_kernel_setting_as_the_kernels_take_it():
     kernel = [name for name, setting in SETTINGS.items() if setting.kernel]
     assert list(Hyper._fields) == kernel + ["dropout_seed"]

@@ -26,7 +26,8 @@ HYPER = Hyper(momentum=0.9, weight_decay=1e-4)
 HYPERS = {"sgd": HYPER,
           "adam+dropout": Hyper(weight_decay=1e-4, optimizer=ADAM, dropout=0.3, dropout_seed=7, input_dropout=0.2),
           "adamw+max_norm": Hyper(weight_decay=1e-2, optimizer=ADAMW, max_norm=0.7),
-          "sgd+dropout+max_norm": Hyper(momentum=0.9, dropout=0.5, dropout_seed=3, max_norm=0.5)}
+          "sgd+dropout+max_norm": Hyper(momentum=0.9, dropout=0.5, dropout_seed=3, max_norm=0.5),
+          "nesterov": Hyper(momentum=0.9, nesterov=True, weight_decay=1e-4)}
 B = 16  # rows per full batch; the calls below also run batches of 9 and 3 rows
 
 
@@ -89,7 +90,7 @@ def test_train_steps_match_the_reference(step_backend, batches, sizes, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("sizes", [(784, 10), (784, 128, 10), (784, 530, 10), (784, 64, 32, 10), (20, 16, 12, 10)])
 @pytest.mark.parametrize("name", [name for name in HYPERS if name != "sgd"])
-def test_adam_dropout_and_max_norm_steps_match_the_reference(step_backend, batches, name, sizes, dtype):
+def test_every_optimizer_and_regulariser_steps_match_the_reference(step_backend, batches, name, sizes, dtype):
     skip_if_slow(step_backend, B * sum(a * b for a, b in zip(sizes, sizes[1:])))
     assert_steps_match(step_backend, sizes, dtype, for_network(batches, sizes), hyper=HYPERS[name])
 

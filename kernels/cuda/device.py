@@ -320,16 +320,16 @@ def softmax_xent_rows(dlogits, logits, targets, metrics, slot, loss_parts, corre
 
 
 @cuda.jit(device=True)
-def sgd_flat(param, grad, moment1, lr, momentum, weight_decay, first, stride):
-    """One SGD step (fastnn.ops.sgd_update) on 1-D param, grad, moment1 (the momentum buffer): elements
-    first, first + stride, ..."""
+def sgd_flat(param, grad, moment1, lr, momentum, weight_decay, nesterov, first, stride):
+    """One SGD step (fastnn.ops.sgd_update; Nesterov's if nesterov) on 1-D param, grad, moment1 (the
+    momentum buffer): elements first, first + stride, ..."""
     for i in range(first, param.size, stride):
         g = grad[i]
         if weight_decay != 0:  # as the reference: no 0 * param term, which would turn an inf param into NaN
             g += weight_decay * param[i]
         m = moment1[i] * momentum + g
         moment1[i] = m
-        param[i] -= lr * m
+        param[i] -= lr * (g + momentum * m if nesterov else m)
 
 
 @cuda.jit(device=True)
@@ -369,7 +369,8 @@ def update_flat(param, grad, moment1, moment2, lr, number, hyper, first, stride)
     Adam's second moments, untouched by SGD): elements first, first + stride, ..."""
     if hyper.optimizer == SGD:
         real = param.dtype.type  # scalars in the param's dtype: float32 math stays float32
-        sgd_flat(param, grad, moment1, real(lr), real(hyper.momentum), real(hyper.weight_decay), first, stride)
+        sgd_flat(param, grad, moment1, real(lr), real(hyper.momentum), real(hyper.weight_decay), hyper.nesterov, first,
+                 stride)
     else:
         adam_flat(param, grad, moment1, moment2, lr, number, hyper, first, stride)
 
