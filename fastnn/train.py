@@ -12,6 +12,7 @@ A run stopped early (Ctrl-C, a crash, a killed process) is finished by running t
 --resume OUT/weights.npz added: the weights come out bitwise as if it had never stopped.
 """
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -30,6 +31,9 @@ def build_parser():
     add_common_args(parser)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
                         help="starting values for every setting; the flags below override them (default: default)")
+    parser.add_argument("--settings", metavar="FILE",
+                        help="a JSON file of settings over the preset's, such as fastnn.sweep's best.json; "
+                             "the flags below override them")
     for name, setting in SETTINGS.items():
         if name not in ("backend", "dtype"):  # add_common_args' own
             values = {preset: setting.show(PRESETS[preset][name]) for preset in PRESETS}
@@ -46,9 +50,29 @@ def build_parser():
 
 
 def resolve_config(args):
-    """Every setting: the preset's value (fastnn.settings.PRESETS), unless a flag gives another."""
-    return {name: value if (value := getattr(args, name)) is not None else preset_value
-            for name, preset_value in PRESETS[args.preset].items()}
+    """Every setting: the preset's value (fastnn.settings.PRESETS), over it the --settings file's, over
+    that the flags'."""
+    config = {**PRESETS[args.preset], **(read_settings(args.settings) if args.settings else {})}
+    return {name: value if (value := getattr(args, name)) is not None else config_value
+            for name, config_value in config.items()}
+
+
+def read_settings(path):
+    """{name: value} of a JSON file of settings: {"lr": 0.1, ...}, or fastnn.sweep's best.json."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise FastnnError(f"--settings {path}: cannot read it ({e.strerror})") from None
+    except ValueError as e:
+        raise FastnnError(f"--settings {path}: not JSON ({e})") from None
+    values = values.get("settings", values) if isinstance(values, dict) else values
+    if not isinstance(values, dict):
+        raise FastnnError(f"--settings {path}: expected a JSON object of settings, like {{\"lr\": 0.1}}")
+    unknown = sorted(set(values) - set(SETTINGS))
+    if unknown:
+        raise FastnnError(f"--settings {path}: unknown setting {unknown[0]!r}; known: {', '.join(SETTINGS)}")
+    return {name: tuple(value) if name == "hidden" and isinstance(value, list) else value
+            for name, value in values.items()}
 
 
 def check_out_folder(out):
