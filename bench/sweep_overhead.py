@@ -8,7 +8,7 @@ Overhead: N one-epoch trials of the seed preset (numba; MNIST's 60,000 training 
 timed three ways in one process, alternately over --rounds rounds: the trials' own work alone (fit,
 the held-out share scored, the run folder written after the epoch, as fastnn.sweep's objective does),
 then through study.optimize on SQLite, then on PostgreSQL. Overhead per trial = (sweep - alone) / N.
-Workers: N trials of 3 epochs each by one `python -m fastnn.sweep --threads 1` process, then by two
+Workers: N trials of --epochs epochs (3) each by one `python -m fastnn.sweep --threads 1` process, then by two
 at once on a fresh PostgreSQL study; wall times from the first start to the last exit.
 """
 import argparse
@@ -84,7 +84,7 @@ def workers(args):
     """Wall seconds of N trials by 1 worker, then by 2, each with one thread, on PostgreSQL."""
     with tempfile.TemporaryDirectory() as folder:
         space_file = Path(folder) / "space.toml"
-        space_file.write_text(SPACE.format(epochs=3))
+        space_file.write_text(SPACE.format(epochs=args.epochs))
         walls = {}
         for n_workers in (1, 2):
             argv = [sys.executable, "-m", "fastnn.sweep", "--backend", "numba", "--preset", "seed", "--threads", "1",
@@ -106,6 +106,7 @@ def main(argv=None):
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", action="store_true", help="time 1 worker against 2 (needs --postgres)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of each --workers trial (default 3)")
     args = parser.parse_args(argv)
     workers(args) if args.workers else overhead(args)
 

@@ -181,6 +181,7 @@ class MLP:
         self.coefs_, self.intercepts_ = list(params.weights), list(params.biases)
 
     def _check_classes(self, y, n_classes):
+        """Refuse labels, or a class count, that the output layer does not have."""
         classes = self.coefs_[-1].shape[1]
         if n_classes is not None and n_classes != classes:
             raise FastnnError(f"the model has {classes} outputs but the data has {n_classes} classes")
@@ -229,6 +230,7 @@ class MLP:
 
     @staticmethod
     def _check_continuation(state, fingerprint):
+        """Refuse to finish the interrupted run `state` with other settings or data (a _run_settings)."""
         # a setting the run's version of fastnn did not have yet: it ran with that setting's default
         had = {name: state.settings.get(name, getattr(settings.SETTINGS.get(name), "default", None))
                for name in fingerprint}

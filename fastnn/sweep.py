@@ -9,9 +9,11 @@
 A trial draws settings from the search space (--space, default fastnn/sweep_space.toml) over a
 preset (--preset, default: default), trains on the training set less a held-out share (--validation) and scores that
 share after every epoch; Optuna's median pruner stops a trial whose validation accuracy trails the
-median of earlier trials at the same epoch. The objective is the last epoch's validation accuracy:
-the test set is not read until --retrain-best. Each trial keeps its run folder OUT/trials/NUMBER/
-(weights, train state, history, as fastnn.train writes them) and its settings as user attributes.
+median of earlier trials at the same epoch. The objective is the validation accuracy of the weights
+the trial ends with (its last epoch's; with early stopping, its best epoch's): the test set is not
+read until --retrain-best. Each trial keeps its run folder OUT/trials/NUMBER/
+(weights and history, as fastnn.train writes them; the train state while it runs) and its settings as
+user attributes.
 
 The study lives in OUT/study.db (SQLite) unless --storage names another database. Workers send a
 heartbeat; a worker that dies mid-trial leaves a trial that the next worker to start a trial marks
@@ -151,7 +153,8 @@ class Objective:
             raise optuna.TrialPruned(str(e)) from None
         finally:
             trial.set_user_attr("train_seconds", time.perf_counter() - start)
-        return model.history_[-1]["val_accuracy"]
+        last = model.history_[-1]  # with early stopping, the model holds its best epoch's weights
+        return last["early_stopping"]["best_val_accuracy"] if "early_stopping" in last else last["val_accuracy"]
 
     def _start(self, trial, values):
         """A new MLP of these settings, or, for the retry of a trial whose worker died, the dead trial's
@@ -186,6 +189,13 @@ class StopRequest:
     def __call__(self, study, trial):
         if self.requested:
             study.stop()
+
+
+def drop_optimizer_state(study, trial):
+    """Once a trial has ended (complete or pruned), its run folder's train_state.npz (the optimizer's
+    state, twice the weights: what a retry would resume from) goes; the weights and history stay."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and "run" in trial.user_attrs:
+        (Path(trial.user_attrs["run"]) / checkpoint.STATE).unlink(missing_ok=True)
 
 
 def progress(study, trial):
@@ -242,15 +252,18 @@ def report(study, out):
 
 
 def _figures(study, out):
-    """Optuna's matplotlib figures of the study, each written atomically as a PNG."""
+    """Optuna's matplotlib figures of the study, each written atomically as a PNG; the parallel
+    coordinates of the six most important parameters (all of them make a tangle)."""
     import matplotlib
     matplotlib.use("Agg")
     from optuna.visualization import matplotlib as plots
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the importances of a parameter drawn in few trials
+        important = list(optuna.importance.get_param_importances(study))[:6]
         for name in FIGURES:
-            ax = getattr(plots, f"plot_{name}")(study)
+            ax = getattr(plots, f"plot_{name}")(study, **({"params": important} if name == "parallel_coordinate"
+                                                          else {}))
             figure = (ax.flat[0] if isinstance(ax, np.ndarray) else ax).figure
             figure.set_size_inches(11, 6)
             figure.tight_layout()
@@ -301,8 +314,8 @@ def main(argv=None):
         states = (TrialState.COMPLETE, TrialState.PRUNED)  # a failed trial (a dead worker's) is retried
         if len(study.get_trials(deepcopy=False, states=states)) < args.trials:
             study.optimize(Objective(args, space, X, y, len(data.classes)), timeout=args.timeout,
-                           callbacks=[optuna.study.MaxTrialsCallback(args.trials, states=states), progress,
-                                      StopRequest()], gc_after_trial=False)
+                           callbacks=[optuna.study.MaxTrialsCallback(args.trials, states=states),
+                                      drop_optimizer_state, progress, StopRequest()], gc_after_trial=False)
     best = report(study, args.out)
     if args.retrain_best:
         retrain(best, args, data)

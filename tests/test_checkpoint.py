@@ -90,13 +90,13 @@ def test_a_broken_history_is_one_clear_line(tmp_path, content):
 
 
 def run_state(history_length=2, best=None):
-    velocity = Layers((np.full((3, 2), 0.5, np.float32),), (np.arange(2, dtype=np.float32),))
-    second = Layers((np.full((3, 2), 0.25, np.float32),), (np.arange(2, dtype=np.float32) ** 2,))
+    moment1 = Layers((np.full((3, 2), 0.5, np.float32),), (np.arange(2, dtype=np.float32),))
+    moment2 = Layers((np.full((3, 2), 0.25, np.float32),), (np.arange(2, dtype=np.float32) ** 2,))
     history = [{"epoch": e, "loss": 1.0 / e, "train_accuracy": 0.5} for e in range(1, history_length + 1)]
     rng = np.random.default_rng(7)
     rng.permutation(10)
     return checkpoint.RunState(first_epoch=1, epochs=5, done=history_length,
-                               optimizer=OptimizerState(velocity, second), rng_state=rng.bit_generator.state,
+                               optimizer=OptimizerState(moment1, moment2), rng_state=rng.bit_generator.state,
                                settings={"lr": 0.1, "seed": 7}, history=history, weights_sha256="ab" * 32, best=best)
 
 

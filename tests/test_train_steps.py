@@ -72,8 +72,8 @@ def assert_steps_match(ops, sizes, dtype, batches, train_steps=None, hyper=HYPER
     assert_same(got_losses, want_losses, tol["softmax"], "losses")
     assert got_correct == want_correct
     for name, got_layers, want_layers in (("params", got.params, want.params),
-                                          ("velocity", got.optimizer.moment1, want.optimizer.moment1),
-                                          ("second", got.optimizer.moment2, want.optimizer.moment2)):
+                                          ("moment1", got.optimizer.moment1, want.optimizer.moment1),
+                                          ("moment2", got.optimizer.moment2, want.optimizer.moment2)):
         for g, w in zip(arrays(to_host(ops, got_layers)), arrays(want_layers)):
             assert_same(g, w, tol["matmul"], name)
 
