@@ -74,7 +74,8 @@ def build_parser():
     parser.add_argument("--heartbeat", type=float, default=20, metavar="S",
                         help="seconds between a worker's heartbeats; a trial silent for 3 of them is failed "
                              "and retried (default 20)")
-    parser.add_argument("--seed", type=int, help="seeds the sampler (default: none, each worker draws its own)")
+    parser.add_argument("--sampler-seed", type=int, metavar="N",
+                        help="seeds the TPE sampler (default: none; the models keep their own seed setting)")
     parser.add_argument("--report", action="store_true", help="run no trial: print the best, write best.json "
                                                                 "and the figures")
     parser.add_argument("--retrain-best", action="store_true",
@@ -95,7 +96,7 @@ def open_study(args, space):
         storage = RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
                              heartbeat_stale_trial_callback=retry)
         study = optuna.create_study(study_name=args.study, storage=storage, direction="maximize",
-                                    load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=args.seed),
+                                    load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=args.sampler_seed),
                                     pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1))
     except ModuleNotFoundError as e:
         raise FastnnError(f"--storage {_safe(url)} needs {e.name}: pip install fastnn[sweep] "

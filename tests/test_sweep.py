@@ -62,7 +62,7 @@ def load(storage, name="fastnn"):
 
 
 def test_a_sqlite_sweep_keeps_every_trial_and_goes_on_when_run_again(tmp_path, capsys):
-    sweep.main(sweep_args(tmp_path, "--trials", "4", "--seed", "1"))
+    sweep.main(sweep_args(tmp_path, "--trials", "4", "--sampler-seed", "1"))
     out = tmp_path / "sweep"
     study = load(f"sqlite:///{out / 'study.db'}")
     assert len(finished(study)) == 4
