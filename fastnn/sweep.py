@@ -208,7 +208,8 @@ def progress(study, trial):
         max(trial.intermediate_values, default=0))
     seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
     try:
-        best = f"best {study.best_value:.2%} (trial {study.best_trial.number})"
+        best_trial = study.best_trial  # one query of the study
+        best = f"best {best_trial.value:.2%} (trial {best_trial.number})"
     except ValueError:  # no complete trial yet
         best = "best: none complete yet"
     state = "done" if trial.state == TrialState.COMPLETE else "pruned"
