@@ -22,9 +22,8 @@ def add_setting_flag(parser, name, default=None, default_text=None):
     elif isinstance(setting.allowed, Options):
         parser.add_argument(flag, dest=name, choices=setting.allowed.names, default=default, help=help_text)
     else:
-        metavar = setting.metavar or ("N" if setting.allowed.kind is int else "X")
-        parser.add_argument(flag, dest=name, type=_parser(setting.allowed), default=default, metavar=metavar,
-                            help=help_text)
+        parser.add_argument(flag, dest=name, type=_parser(setting.allowed), default=default,
+                            metavar=setting.value_name, help=help_text)
 
 
 def _parser(allowed):

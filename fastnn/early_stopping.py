@@ -19,13 +19,17 @@ class EarlyStopping:
         self.patience, self.last_epoch = patience, last_epoch
         self.best_record, self.best, self.done = None, best, False
         for record in records:
-            if self.best_record is None or record["val_accuracy"] > self.best_record["val_accuracy"]:
+            if self._better(record):
                 self.best_record = record
+
+    def _better(self, record):
+        """Whether record's validation accuracy beats the best so far (the first keeps a tie)."""
+        return self.best_record is None or record["val_accuracy"] > self.best_record["val_accuracy"]
 
     def after_epoch(self, record, params):
         """The parameters to keep after the epoch of `record`: params, or once the run ends (stopped, or
         its last epoch) the best epoch's, and then record["early_stopping"] says what happened."""
-        if self.best_record is None or record["val_accuracy"] > self.best_record["val_accuracy"]:
+        if self._better(record):
             self.best_record, self.best = record, params
         stopped = record["epoch"] - self.best_record["epoch"] >= self.patience
         if not (stopped or record["epoch"] == self.last_epoch):

@@ -121,12 +121,28 @@ class Setting(NamedTuple):
 
     @property
     def option(self):
-        """The command-line flag."""
+        """The command-line flag (a Flag's, that turns it on; `negative` turns it off)."""
         return self.flag or "--" + self.name.replace("_", "-")
+
+    @property
+    def negative(self):
+        """A Flag's flag that turns it off: --no-shuffle."""
+        return "--no-" + self.option[2:]
+
+    @property
+    def value_name(self):
+        """The flag's value in --help and the README: metavar, else N for ints and X for floats."""
+        return self.metavar or ("N" if self.allowed.kind is int else "X")
 
     def show(self, value):
         """The value as the command line writes it: 512,256 for (512, 256)."""
         return ",".join(map(str, value)) if isinstance(self.allowed, LayerSizes) else str(value)
+
+    def as_flag(self, value):
+        """The one command-line argument that sets the setting to value: --lr=0.1, --no-shuffle."""
+        if isinstance(self.allowed, Flag):
+            return self.option if value else self.negative
+        return f"{self.option}={self.show(value)}"
 
 
 # Hyper.optimizer: numbers, not names, so that numba compiles one train step for every optimizer
@@ -241,12 +257,11 @@ def markdown():
              "|---|---|---|" + "---|" * len(PRESETS)]
     for name, setting in SETTINGS.items():
         if isinstance(setting.allowed, Flag):
-            flag = f"`{setting.option}`, `--no-{setting.option[2:]}`"
+            flag = f"`{setting.option}`, `{setting.negative}`"
         elif isinstance(setting.allowed, Options):
             flag = f"`{setting.option} {{{','.join(setting.allowed.names)}}}`"
         else:
-            metavar = setting.metavar or ("N" if setting.allowed.kind is int else "X")
-            flag = f"`{setting.option} {metavar}`"
+            flag = f"`{setting.option} {setting.value_name}`"
         presets = " | ".join(setting.show(PRESETS[p][name]) for p in PRESETS)
         lines.append(f"| {flag} | {setting.help} | {setting.allowed} | {presets} |")
     return "\n".join(lines)

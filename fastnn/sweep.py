@@ -229,9 +229,10 @@ def report(study, out):
     complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: -t.value)
     if not complete:
         raise FastnnError(f"study {study.study_name!r} has no complete trial yet: run the sweep first")
-    counts = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,)))
-              for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)}
-    print(f"study {study.study_name}: " + ", ".join(f"{n} {name}" for name, n in counts.items()))
+    states = [trial.state for trial in study.get_trials(deepcopy=False)]  # one read of the study
+    print(f"study {study.study_name}: " + ", ".join(
+        f"{states.count(state)} {state.name.lower()}"
+        for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)))
     print("| trial | val accuracy | seconds | settings |\n|---:|---:|---:|---|")
     for trial in complete[:10]:
         changed = {k: v for k, v in trial.user_attrs["settings"].items()
@@ -242,8 +243,7 @@ def report(study, out):
     # the settings to train with: every one but the backend (the machine's choice) and the held-out share
     settings = {k: v for k, v in best.user_attrs["settings"].items()
                 if k in SETTINGS and k not in ("backend", "validation_fraction")}
-    flags = [f"{SETTINGS[k].option}={SETTINGS[k].show(v)}" if not isinstance(v, bool)
-             else f"--{'' if v else 'no-'}{SETTINGS[k].option[2:]}" for k, v in settings.items()]
+    flags = [SETTINGS[name].as_flag(value) for name, value in settings.items()]
     Path(out).mkdir(parents=True, exist_ok=True)
     with atomic_write(Path(out) / BEST, "w") as f:
         json.dump({"trial": best.number, "val_accuracy": best.value, "settings": settings, "flags": flags}, f,
