@@ -90,11 +90,8 @@ def open_study(args, space):
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress() prints one line per trial instead
     # heartbeats and their retry callback are "experimental" since Optuna 2.8: the warning says no more
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-    heartbeat = max(1, round(args.heartbeat))
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
     try:
-        storage = RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                             heartbeat_stale_trial_callback=retry)
+        storage = _storage(url, max(1, round(args.heartbeat)))
         study = optuna.create_study(study_name=args.study, storage=storage, direction="maximize",
                                     load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=args.sampler_seed),
                                     pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1))
@@ -112,6 +109,23 @@ def open_study(args, space):
         raise FastnnError(f"study {args.study!r} in {_safe(url)} searches another space than {args.space}: "
                           f"give the --space it was created with, or another --study name")
     return study
+
+
+def _storage(url, heartbeat):
+    """Optuna's RDBStorage of url, with heartbeats every `heartbeat` seconds and the retry of a trial
+    whose worker fell silent. Workers started at once on a new database each create its tables: the
+    one that loses that race (a unique violation from PostgreSQL) tries again and finds them made."""
+    from sqlalchemy.exc import IntegrityError
+
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
+    for attempt in range(3):
+        try:
+            return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                              heartbeat_stale_trial_callback=retry)
+        except IntegrityError:
+            if attempt == 2:
+                raise
+            time.sleep(0.5)
 
 
 def _safe(url):
